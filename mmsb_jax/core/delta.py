@@ -1,0 +1,534 @@
+"""Deltas: pure, jittable updates of one page, and the law ``state x delta -> state'``.
+
+A :class:`Delta` is a pytree whose page name, kind, op and count are static (part of the treedef)
+and whose arrays are leaves, so deltas pass through ``jit``/``vmap``/``grad``/``lax.scan`` and
+deltas of equal structure stack.
+
+Kinds:
+
+* ``rows``: ``indices: int32[k]`` on axis 0 and ``values: [k, *page.shape[1:]]``. Index ``-1``
+  is padding (no update), so a delta has a fixed capacity ``k``.
+* ``masked``: ``mask: bool[*page.shape]`` and ``values: [*page.shape]``.
+* ``full``: ``values: [*page.shape]`` combined with the whole page.
+
+Ops: ``set add mul min max or and``. ``or``/``and`` need a bool or integer page; ``add``/``mul``
+are not defined on bool pages.
+
+Duplicate row indices inside one delta are resolved *before* anything is written, by a stable
+sort and a segmented scan in a fixed order: ``set`` keeps the last occurrence, the other ops
+combine the occurrences left to right. Each page row is then written exactly once, so results
+do not depend on XLA's scatter ordering (undefined for duplicates and nondeterministic on GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import checkify
+
+from mmsb_jax.core.pages import State
+from mmsb_jax.errors import (
+    ComposeError,
+    DTypeError,
+    IndexOutOfRangeError,
+    MaskError,
+    OpError,
+    ShapeError,
+    UnknownPageError,
+)
+
+__all__ = [
+    "KINDS",
+    "OPS",
+    "PADDING",
+    "Delta",
+    "apply",
+    "apply_batch",
+    "apply_page",
+    "compose",
+    "identity_value",
+    "op_fn",
+    "validate",
+]
+
+OPS: tuple[str, ...] = ("set", "add", "mul", "min", "max", "or", "and")
+KINDS: tuple[str, ...] = ("rows", "masked", "full")
+PADDING: int = -1
+INDEX_CHECK_TAG = "mmsb:index_out_of_range"
+
+
+def _is_bool(dtype: Any) -> bool:
+    return jnp.dtype(dtype) == jnp.bool_
+
+
+def _is_int(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.integer)
+
+
+def check_op_dtype(op: str, dtype: Any, page: str = "?") -> None:
+    """Raise :class:`OpError` unless ``op`` is valid for pages of ``dtype``."""
+    if op not in OPS:
+        raise OpError(f"unknown op {op!r}; expected one of {OPS}")
+    if op in ("or", "and") and not (_is_bool(dtype) or _is_int(dtype)):
+        raise OpError(f"op {op!r} needs a bool or integer page; page {page!r} is {dtype}")
+    if op in ("add", "mul") and _is_bool(dtype):
+        raise OpError(f"op {op!r} is not defined on bool page {page!r}; use 'or'/'and'")
+
+
+def op_fn(op: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The binary function ``(old, new) -> result`` of a delta op."""
+    return {
+        "set": lambda a, b: b,
+        "add": jnp.add,
+        "mul": jnp.multiply,
+        "min": jnp.minimum,
+        "max": jnp.maximum,
+        "or": jnp.bitwise_or,
+        "and": jnp.bitwise_and,
+    }[op]
+
+
+def identity_value(op: str, dtype: Any) -> Any:
+    """The identity element ``e`` of ``op`` on ``dtype`` (``x op e == x``); ``set`` has none."""
+    dtype = jnp.dtype(dtype)
+    if op == "add":
+        return np.zeros((), dtype)
+    if op == "mul":
+        return np.ones((), dtype)
+    if op in ("min", "max"):
+        if _is_bool(dtype):
+            return np.bool_(op == "min")
+        if jnp.issubdtype(dtype, jnp.inexact):
+            return np.array(np.inf if op == "min" else -np.inf, dtype)
+        info = jnp.iinfo(dtype)
+        return np.array(info.max if op == "min" else info.min, dtype)
+    if op == "or":
+        return np.zeros((), dtype)
+    if op == "and":
+        return np.bool_(True) if _is_bool(dtype) else np.array(-1, dtype=np.int64).astype(dtype)
+    raise OpError(f"op {op!r} has no identity element")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """An update of one page. Build with :meth:`rows`, :meth:`masked` or :meth:`full`.
+
+    Attributes:
+      page: the page name (static).
+      kind: ``"rows" | "masked" | "full"`` (static).
+      op: one of :data:`OPS` (static).
+      count: how many user deltas this delta stands for (static; ``compose`` adds them). Applying
+        it advances the page's epoch by ``count``.
+      indices: ``int32[k]`` row indices for ``rows`` (``-1`` = padding), else ``None``.
+      mask: ``bool[*page.shape]`` for ``masked``, else ``None``.
+      values: ``[k, *row]`` for ``rows``, ``[*page.shape]`` otherwise.
+    """
+
+    indices: jax.Array | None
+    mask: jax.Array | None
+    values: jax.Array
+    page: str = dataclasses.field(metadata=dict(static=True), default="")
+    kind: str = dataclasses.field(metadata=dict(static=True), default="full")
+    op: str = dataclasses.field(metadata=dict(static=True), default="set")
+    count: int = dataclasses.field(metadata=dict(static=True), default=1)
+
+    # -- constructors ---------------------------------------------------------------------
+    @staticmethod
+    def rows(page: str, indices: Any, values: Any, op: str = "set") -> Delta:
+        """Update rows ``indices`` (axis 0) of ``page`` with ``values``.
+
+        Args:
+          page: page name.
+          indices: ``int[k]``; ``-1`` marks a padding slot that updates nothing.
+          values: ``[k, *page.shape[1:]]`` in the page's dtype.
+          op: one of :data:`OPS`. Duplicates: ``set`` keeps the last, others combine in order.
+        """
+        _check_op_name(op)
+        idx = jnp.asarray(indices)
+        if idx.ndim != 1:
+            raise ShapeError(f"rows delta on {page!r}: indices must be 1-D, got shape {idx.shape}")
+        if not (_is_int(idx.dtype)):
+            raise DTypeError(f"rows delta on {page!r}: indices must be integers, got {idx.dtype}")
+        idx = idx.astype(jnp.int32)
+        vals = jnp.asarray(values)
+        if vals.ndim < 1 or vals.shape[0] != idx.shape[0]:
+            raise ShapeError(
+                f"rows delta on {page!r}: values shape {vals.shape} does not start with "
+                f"k={idx.shape[0]} (one row of values per index)"
+            )
+        return Delta(indices=idx, mask=None, values=vals, page=page, kind="rows", op=op)
+
+    @staticmethod
+    def masked(page: str, mask: Any, values: Any, op: str = "set") -> Delta:
+        """Update the elements of ``page`` where ``mask`` is True.
+
+        Args:
+          page: page name.
+          mask: ``bool[*page.shape]``.
+          values: ``[*page.shape]`` (entries where ``mask`` is False are ignored).
+          op: one of :data:`OPS`.
+        """
+        _check_op_name(op)
+        m = jnp.asarray(mask)
+        if m.dtype != jnp.bool_:
+            raise MaskError(f"masked delta on {page!r}: mask must be bool, got {m.dtype}")
+        vals = jnp.asarray(values)
+        if vals.shape != m.shape:
+            raise ShapeError(
+                f"masked delta on {page!r}: values shape {vals.shape} != mask shape {m.shape}"
+            )
+        return Delta(indices=None, mask=m, values=vals, page=page, kind="masked", op=op)
+
+    @staticmethod
+    def full(page: str, values: Any, op: str = "set") -> Delta:
+        """Combine the whole page with ``values: [*page.shape]`` (``set`` replaces it)."""
+        _check_op_name(op)
+        return Delta(indices=None, mask=None, values=jnp.asarray(values), page=page,
+                     kind="full", op=op)
+
+    # -- conveniences ---------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """Number of row slots of a ``rows`` delta (``k``); 1 for other kinds."""
+        return int(self.indices.shape[0]) if self.kind == "rows" else 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the values."""
+        return np.dtype(self.values.dtype)
+
+    def with_count(self, count: int) -> Delta:
+        """A copy standing for ``count`` user deltas."""
+        return dataclasses.replace(self, count=int(count))
+
+    def __repr__(self) -> str:
+        shape = tuple(self.values.shape)
+        return (f"Delta.{self.kind}({self.page!r}, op={self.op!r}, values={self.dtype}{list(shape)}"
+                + (f", count={self.count}" if self.count != 1 else "") + ")")
+
+
+def _check_op_name(op: str) -> None:
+    if op not in OPS:
+        raise OpError(f"unknown op {op!r}; expected one of {OPS}")
+
+
+# -- validation (host side, before anything changes) ----------------------------------------
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def validate(delta: Delta, page: Any, *, check_values: bool = True) -> None:
+    """Check ``delta`` against a page (an array, ShapeDtypeStruct or PageSpec-like object).
+
+    Raises a typed :mod:`mmsb_jax.errors` exception for a wrong dtype or shape, an op not valid
+    for the dtype, a bad mask, or (when the indices are concrete, i.e. not traced) a row index
+    outside ``[-1, rows)``. Traced indices are checked inside ``mm.checked``.
+    """
+    if not isinstance(delta, Delta):
+        raise TypeError(f"expected a Delta, got {type(delta).__name__}")
+    name = delta.page
+    shape = tuple(page.shape)
+    dtype = jnp.dtype(page.dtype)
+    check_op_dtype(delta.op, dtype, name)
+    if delta.kind not in KINDS:
+        raise OpError(f"unknown delta kind {delta.kind!r}")
+    if check_values and jnp.dtype(delta.values.dtype) != dtype:
+        raise DTypeError(
+            f"delta on {name!r} has {delta.values.dtype} values; the page is {dtype} "
+            f"(cast with .astype({str(dtype)!r}))"
+        )
+    if delta.kind == "rows":
+        if len(shape) < 1:
+            raise ShapeError(f"rows delta on {name!r}: page is a scalar; use Delta.full")
+        want = (delta.indices.shape[0], *shape[1:])
+        if check_values and tuple(delta.values.shape) != want:
+            raise ShapeError(f"rows delta on {name!r}: values shape {tuple(delta.values.shape)}"
+                             f" != {want} for page shape {shape}")
+        if _is_concrete(delta.indices) and delta.indices.shape[0]:
+            idx = np.asarray(delta.indices)
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < PADDING or hi >= shape[0]:
+                bad = idx[(idx < PADDING) | (idx >= shape[0])]
+                raise IndexOutOfRangeError(
+                    f"rows delta on {name!r}: indices {bad[:8].tolist()} outside "
+                    f"[-1, {shape[0]}) (-1 is padding)"
+                )
+    elif delta.kind == "masked":
+        if tuple(delta.mask.shape) != shape:
+            raise MaskError(f"masked delta on {name!r}: mask shape {tuple(delta.mask.shape)} "
+                            f"!= page shape {shape}")
+        if check_values and tuple(delta.values.shape) != shape:
+            raise ShapeError(f"masked delta on {name!r}: values shape "
+                             f"{tuple(delta.values.shape)} != page shape {shape}")
+    elif check_values and tuple(delta.values.shape) != shape:
+        raise ShapeError(f"full delta on {name!r}: values shape {tuple(delta.values.shape)} "
+                         f"!= page shape {shape}")
+
+
+def _validate_against_state(state: State, deltas: Sequence[Delta]) -> None:
+    for d in deltas:
+        if not isinstance(d, Delta):
+            raise TypeError(f"expected a Delta, got {type(d).__name__}")
+        if d.page not in state.pages:
+            raise UnknownPageError(d.page, tuple(state.pages))
+        validate(d, state.pages[d.page])
+
+
+# -- the merge ------------------------------------------------------------------------------
+
+def resolve_rows(indices: jax.Array, values: jax.Array, op: str, num_rows: int):
+    """Resolve duplicate row indices deterministically.
+
+    Args:
+      indices: ``int32[k]``, ``-1`` = padding.
+      values: ``[k, *row]``.
+      op: the delta op; ``set`` keeps the last occurrence, other ops combine occurrences in
+        their original order (a segmented ``lax.associative_scan``, fixed tree order).
+      num_rows: the page's number of rows ``n``.
+
+    Returns:
+      ``(rows, vals)``: ``rows: int32[k]`` sorted so that every in-range row appears once,
+      non-winning slots and padding set to ``n`` (out of range, dropped by the scatter);
+      ``vals: [k, *row]`` the combined value for each winning slot.
+    """
+    k = indices.shape[0]
+    key = jnp.where(indices < 0, num_rows, indices).astype(jnp.int32)
+    order = jnp.argsort(key, stable=True)
+    skey = key[order]
+    svals = values[order]
+    last = jnp.concatenate([skey[1:] != skey[:-1], jnp.ones((1,), bool)]) if k else skey < 0
+    if op != "set" and k > 1:
+        start = jnp.concatenate([jnp.ones((1,), bool), skey[1:] != skey[:-1]])
+        fn = op_fn(op)
+        extra = (1,) * (values.ndim - 1)
+
+        def seg(a, b):
+            fa, va = a
+            fb, vb = b
+            return fa | fb, jnp.where(fb.reshape(fb.shape + extra), vb, fn(va, vb))
+
+        _, svals = lax.associative_scan(seg, (start, svals))
+    rows = jnp.where(last & (skey < num_rows), skey, num_rows)
+    return rows, svals
+
+
+def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str) -> jax.Array:
+    n = page.shape[0]
+    if indices.shape[0] == 0:
+        return page
+    checkify.debug_check(
+        jnp.all((indices >= PADDING) & (indices < n)),
+        INDEX_CHECK_TAG + ": row index outside [-1, {n}) in a rows delta",
+        n=jnp.int32(n),
+    )
+    rows, vals = resolve_rows(indices, values, op, n)
+    if op != "set":
+        old = page.at[rows].get(mode="fill", fill_value=0)
+        vals = op_fn(op)(old, vals)
+    return page.at[rows].set(vals, mode="drop")
+
+
+def apply_page(page: jax.Array, delta: Delta) -> jax.Array:
+    """Apply ``delta`` to one page array (no validation, no epoch): ``page x delta -> page'``.
+
+    Shapes: ``page: [*S]``; the delta as documented on :class:`Delta`. Pure and jittable.
+    """
+    fn = op_fn(delta.op)
+    if delta.kind == "rows":
+        return _merge_rows(page, delta.indices, delta.values, delta.op)
+    if delta.kind == "masked":
+        return jnp.where(delta.mask, fn(page, delta.values), page)
+    return fn(page, delta.values).astype(page.dtype)
+
+
+def _apply_impl(pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array],
+                deltas: Sequence[Delta]):
+    pages = dict(pages)
+    epochs = dict(epochs)
+    for d in deltas:
+        pages[d.page] = apply_page(pages[d.page], d)
+        epochs[d.page] = epochs[d.page] + jnp.int32(d.count)
+    return pages, epochs
+
+
+_apply_jit = jax.jit(_apply_impl)
+
+
+def _run(state: State, deltas: Sequence[Delta]) -> State:
+    touched = list(dict.fromkeys(d.page for d in deltas))
+    sub_pages = {n: state.pages[n] for n in touched}
+    sub_epochs = {n: state.epochs[n] for n in touched}
+    new_pages, new_epochs = _apply_jit(sub_pages, sub_epochs, list(deltas))
+    return state.with_pages(new_pages, new_epochs)
+
+
+def apply(state: State, delta: Delta) -> State:
+    """``state x delta -> state'``: apply one delta and advance the page's epoch.
+
+    Validates first (typed errors from :mod:`mmsb_jax.errors`); the input state is never
+    modified. Works eagerly and under ``jit``/``vmap``/``grad``.
+
+    >>> import mmsb_jax as mm, jax.numpy as jnp
+    >>> s = mm.init_state(mm.Schema([mm.PageSpec("x", (3,), "int32")]))
+    >>> s = mm.apply(s, mm.Delta.rows("x", jnp.array([2, 0, 2]), jnp.array([7, 1, 9])))
+    >>> s.pages["x"].tolist(), int(s.epochs["x"])
+    ([1, 0, 9], 1)
+    """
+    _validate_against_state(state, [delta])
+    return _run(state, [delta])
+
+
+def _merge_runs(deltas: Sequence[Delta]) -> list[Delta]:
+    """Fold consecutive composable deltas on the same page (per page, order kept)."""
+    by_page: dict[str, list[Delta]] = {}
+    for d in deltas:
+        run = by_page.setdefault(d.page, [])
+        if run and _composable(run[-1], d):
+            run[-1] = compose(run[-1], d)
+        else:
+            run.append(d)
+    return [d for run in by_page.values() for d in run]
+
+
+def apply_batch(state: State, deltas: Sequence[Delta]) -> State:
+    """Apply ``deltas`` in order, merging per page: equals ``functools.reduce(apply, deltas)``.
+
+    All deltas are validated before any is applied. Consecutive deltas on one page with the same
+    op are composed first, so a run of row deltas becomes one sorted merge (one write per row).
+    The result is bit-exact with sequential :func:`apply` for ``set/min/max/or/and``, and within
+    floating-point rounding for ``add/mul`` (the merged values are combined before the page).
+    """
+    deltas = list(deltas)
+    if not deltas:
+        return state
+    _validate_against_state(state, deltas)
+    return _run(state, _merge_runs(deltas))
+
+
+# -- composition ----------------------------------------------------------------------------
+
+def _composable(a: Delta, b: Delta) -> bool:
+    if a.page != b.page:
+        return False
+    if b.kind == "full" and b.op == "set":
+        return True
+    if a.kind == "full" and a.op == "set":
+        return True
+    if a.op != b.op:
+        return False
+    if a.kind == "rows" and b.kind == "rows":
+        return a.values.shape[1:] == b.values.shape[1:] and a.values.dtype == b.values.dtype
+    return True if (a.kind != "rows" or b.kind != "rows") else False
+
+
+def _dense_shape(a: Delta, b: Delta) -> tuple[int, ...]:
+    for d in (a, b):
+        if d.kind != "rows":
+            return tuple(d.values.shape)
+    raise ComposeError("no page shape known")  # pragma: no cover - rows+rows is handled apart
+
+
+def _as_masked(d: Delta, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """``(mask, values)`` of a delta as a dense masked update of a page of ``shape``."""
+    if d.kind == "masked":
+        return d.mask, d.values
+    if d.kind == "full":
+        return jnp.ones(shape, bool), d.values
+    n = shape[0]
+    rows, vals = resolve_rows(d.indices, d.values, d.op, n)
+    mask = jnp.zeros(shape, bool).at[rows].set(True, mode="drop")
+    base = jnp.zeros(shape, d.values.dtype)
+    return mask, base.at[rows].set(vals, mode="drop")
+
+
+def compose(a: Delta, b: Delta) -> Delta:
+    """One delta with the effect of applying ``a`` then ``b``.
+
+    ``apply(apply(s, a), b) == apply(s, compose(a, b))`` (bit-exact for set/min/max/or/and,
+    within rounding for add/mul), epochs included (``count`` adds up); ``compose`` is
+    associative. Defined when both deltas touch the same page and either share an op or one of
+    them is a ``full`` ``set``. Row + row stays a ``rows`` delta of capacity ``k_a + k_b``;
+    anything involving a mask or a full page becomes ``masked`` (or ``full``).
+
+    Raises:
+      ComposeError: different pages, or different ops that one delta cannot express.
+    """
+    if not isinstance(a, Delta) or not isinstance(b, Delta):
+        raise TypeError("compose expects two Delta objects")
+    if a.page != b.page:
+        raise ComposeError(f"cannot compose deltas on different pages ({a.page!r}, {b.page!r});"
+                           " use apply_batch for several pages")
+    if not _composable(a, b):
+        raise ComposeError(
+            f"cannot compose {a.kind}/{a.op} with {b.kind}/{b.op} on {a.page!r}: one delta cannot"
+            " express two different ops (apply them in sequence or with apply_batch)")
+    count = a.count + b.count
+    if b.kind == "full" and b.op == "set":
+        return b.with_count(count)
+    if a.kind == "full" and a.op == "set":
+        return Delta.full(a.page, apply_page(a.values, b), "set").with_count(count)
+    if a.kind == "rows" and b.kind == "rows":
+        if a.values.dtype != b.values.dtype:
+            raise ComposeError(f"cannot compose {a.values.dtype} and {b.values.dtype} deltas")
+        idx = jnp.concatenate([a.indices, b.indices])
+        vals = jnp.concatenate([a.values, b.values])
+        return Delta.rows(a.page, idx, vals, a.op).with_count(count)
+    shape = _dense_shape(a, b)
+    ma, va = _as_masked(a, shape)
+    mb, vb = _as_masked(b, shape)
+    if va.shape != vb.shape or va.dtype != vb.dtype:
+        raise ComposeError(f"cannot compose deltas with values {va.dtype}{list(va.shape)} and "
+                           f"{vb.dtype}{list(vb.shape)}")
+    if a.op == "set":
+        vals = jnp.where(mb, vb, va)
+    else:
+        e = identity_value(a.op, va.dtype)
+        vals = op_fn(a.op)(jnp.where(ma, va, e), jnp.where(mb, vb, e))
+    if a.kind == "full" or b.kind == "full":
+        # A full delta touches every element; the composition does too.
+        return Delta.full(a.page, vals, a.op).with_count(count)
+    return Delta.masked(a.page, ma | mb, vals, a.op).with_count(count)
+
+
+# -- checkify --------------------------------------------------------------------------------
+
+def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``fn`` so value checks inside it (row index ranges) run under ``jit``.
+
+    JAX silently drops out-of-range scatter indices; eagerly, :func:`apply` checks indices on
+    the host, but traced indices can only be checked with ``checkify``. ``checked(fn)`` runs
+    ``fn`` functionalized by ``jax.experimental.checkify`` and raises
+    :class:`~mmsb_jax.errors.IndexOutOfRangeError` (or ``CheckFailedError``) after it ran.
+
+    >>> import jax, jax.numpy as jnp, mmsb_jax as mm
+    >>> s = mm.init_state(mm.Schema([mm.PageSpec("x", (3,))]))
+    >>> f = mm.checked(jax.jit(lambda s, i: mm.apply(s, mm.Delta.rows("x", i, jnp.ones((1,))))))
+    >>> f(s, jnp.array([5]))
+    Traceback (most recent call last):
+    ...
+    mmsb_jax.errors.IndexOutOfRangeError: mmsb:index_out_of_range: row index outside [-1, 3) ...
+    """
+    from mmsb_jax.errors import CheckFailedError
+
+    checked_fn = checkify.checkify(fn, errors=checkify.user_checks)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        err, out = checked_fn(*args, **kwargs)
+        msg = err.get()
+        if msg is not None:
+            if INDEX_CHECK_TAG in msg:
+                raise IndexOutOfRangeError(msg.split(" (`check` failed)")[0] + " ...")
+            raise CheckFailedError(msg)
+        return out
+
+    return wrapper

@@ -1,0 +1,124 @@
+"""Typed exceptions raised by mmsb-jax.
+
+Every error the library raises on purpose derives from :class:`MMSBError`, so a caller can catch
+the whole family with one ``except``. Each error is raised *before* anything changes: a failed
+``apply`` returns nothing, a failed ``Bus.commit`` leaves the log and the state as they were.
+
+Several classes also derive from the matching builtin (``KeyError``, ``TypeError``,
+``ValueError``, ``IndexError``) so that generic code catching those keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckFailedError",
+    "ComposeError",
+    "CycleError",
+    "DTypeError",
+    "FormatError",
+    "IndexOutOfRangeError",
+    "LogCorruptError",
+    "MMSBError",
+    "MaskError",
+    "OpError",
+    "PageExistsError",
+    "SchemaError",
+    "SchemaMismatchError",
+    "SeedFormatError",
+    "ShapeError",
+    "StoreError",
+    "UnknownPageError",
+]
+
+
+class MMSBError(Exception):
+    """Base class of every error raised by mmsb-jax."""
+
+
+class SchemaError(MMSBError, ValueError):
+    """A schema or page specification is invalid (duplicate names, bad shape or dtype)."""
+
+
+class UnknownPageError(MMSBError, KeyError):
+    """A page name is not in the schema or state."""
+
+    def __init__(self, name: str, known: tuple[str, ...] | list[str] = ()):
+        self.name = name
+        self.known = tuple(known)
+        hint = f"; known pages: {', '.join(self.known)}" if self.known else ""
+        super().__init__(f"unknown page {name!r}{hint}")
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable.
+        return str(self.args[0])
+
+
+class PageExistsError(MMSBError, ValueError):
+    """A page of that name already exists (and cannot be redefined this way)."""
+
+
+class DTypeError(MMSBError, TypeError):
+    """Values have a dtype other than the page's dtype."""
+
+
+class ShapeError(MMSBError, ValueError):
+    """Values, indices or masks have a shape incompatible with the page."""
+
+
+class MaskError(ShapeError):
+    """A mask has the wrong shape or is not boolean."""
+
+
+class IndexOutOfRangeError(MMSBError, IndexError):
+    """A row index lies outside ``[-1, num_rows)`` (``-1`` is the padding sentinel)."""
+
+
+class OpError(MMSBError, ValueError):
+    """An unknown delta op, or an op that is not valid for the page's dtype."""
+
+
+class ComposeError(MMSBError, ValueError):
+    """Two deltas cannot be composed into one delta (different pages, kinds or ops)."""
+
+
+class CheckFailedError(MMSBError, RuntimeError):
+    """A value check inside a ``mm.checked`` function failed."""
+
+
+class CycleError(MMSBError, ValueError):
+    """A graph change would close a dependency cycle; ``cycle`` names its pages in order."""
+
+    def __init__(self, cycle: tuple[str, ...] | list[str]):
+        self.cycle = tuple(cycle)
+        path = " -> ".join((*self.cycle, self.cycle[0])) if self.cycle else "?"
+        super().__init__(f"dependency cycle: {path}")
+
+
+class StoreError(MMSBError, OSError):
+    """A durable-storage operation failed (log write, checkpoint, directory lock)."""
+
+
+class SchemaMismatchError(MMSBError, ValueError):
+    """A stored schema differs from the one given by the caller."""
+
+
+class FormatError(MMSBError, ValueError):
+    """A file does not follow its documented format (bad magic, version, length, checksum)."""
+
+
+class LogCorruptError(FormatError):
+    """A log record is corrupt and valid data follows it (not a torn tail).
+
+    ``offset`` is the byte offset of the first bad record in ``path``.
+    """
+
+    def __init__(self, offset: int, path: str = "", reason: str = ""):
+        self.offset = int(offset)
+        self.path = str(path)
+        self.reason = reason
+        where = f" in {path}" if path else ""
+        why = f": {reason}" if reason else ""
+        super().__init__(f"corrupt log record at offset {self.offset}{where}{why}")
+
+
+class SeedFormatError(FormatError):
+    """A file in the original MMSB formats (MMSBLOG1 / MMSBSNAP) is malformed."""
