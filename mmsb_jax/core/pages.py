@@ -19,7 +19,7 @@ import numpy as np
 
 from mmsb_jax.errors import SchemaError, UnknownPageError
 
-__all__ = ["PageSpec", "Schema", "State", "init_state"]
+__all__ = ["PageMap", "PageSpec", "Schema", "State", "init_state"]
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,127}$")
 
@@ -196,13 +196,66 @@ class Schema:
         return cls(PageSpec.from_json(o) for o in obj)
 
 
+class PageMap(Mapping[str, Any]):
+    """An immutable, *ordered* ``{page name: leaf}`` mapping registered as a pytree.
+
+    Plain dicts are flattened by JAX in sorted key order, which would lose the schema's page
+    order after a ``jit`` round trip; ``PageMap`` keeps insertion order in its treedef.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()):
+        object.__setattr__(self, "_data", dict(items))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("PageMap is immutable")
+
+    def __repr__(self) -> str:
+        return f"PageMap({self._data!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PageMap):
+            other = other._data
+        return isinstance(other, Mapping) and list(self._data) == list(other) and all(
+            self._data[k] is other[k] for k in self._data)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _tree_flatten_with_keys(self):
+        keys = tuple(self._data)
+        return [(jax.tree_util.DictKey(k), self._data[k]) for k in keys], keys
+
+    @classmethod
+    def _tree_unflatten(cls, keys: tuple[str, ...], children: Iterable[Any]) -> PageMap:
+        return cls(zip(keys, children, strict=True))
+
+
+jax.tree_util.register_pytree_with_keys(
+    PageMap,
+    PageMap._tree_flatten_with_keys,
+    PageMap._tree_unflatten,
+    flatten_func=lambda m: (tuple(m._data.values()), tuple(m._data)),
+)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class State:
     """The contents of a store: one array and one epoch per page.
 
     Attributes:
-      pages: ``{name: Array[*spec.shape]}`` in the page's dtype.
+      pages: ``{name: Array[*spec.shape]}`` in the page's dtype, a :class:`PageMap` in schema
+        order (any mapping given to the constructor is converted).
       epochs: ``{name: int32[]}``, the number of deltas applied to each page (for a derived page:
         the number of recomputations that changed it).
 
@@ -213,6 +266,12 @@ class State:
 
     pages: Mapping[str, jax.Array]
     epochs: Mapping[str, jax.Array]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pages, PageMap):
+            object.__setattr__(self, "pages", PageMap(self.pages))
+        if not isinstance(self.epochs, PageMap):
+            object.__setattr__(self, "epochs", PageMap(self.epochs))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -257,7 +316,8 @@ def init_state(schema: Schema, *, mesh: jax.sharding.Mesh | None = None) -> Stat
         on this mesh; other pages are replicated on it.
 
     Returns:
-      ``State`` with ``pages[name]: spec.dtype[*spec.shape]`` zeros and ``epochs[name]: int32[] = 0``.
+      ``State`` with ``pages[name]: spec.dtype[*spec.shape]`` zeros and
+      ``epochs[name]: int32[] = 0``.
     """
     if not isinstance(schema, Schema):
         raise SchemaError(f"init_state expects a Schema, got {type(schema).__name__}")
