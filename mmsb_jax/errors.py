@@ -14,8 +14,11 @@ __all__ = [
     "CheckFailedError",
     "ComposeError",
     "CycleError",
+    "DependencyError",
     "DTypeError",
+    "DeviceUnavailableError",
     "FormatError",
+    "GraphError",
     "IndexOutOfRangeError",
     "LogCorruptError",
     "MMSBError",
@@ -25,9 +28,11 @@ __all__ = [
     "SchemaError",
     "SchemaMismatchError",
     "SeedFormatError",
+    "SemiringError",
     "ShapeError",
     "StoreError",
     "UnknownPageError",
+    "UnknownSemiringError",
 ]
 
 
@@ -80,6 +85,18 @@ class ComposeError(MMSBError, ValueError):
     """Two deltas cannot be composed into one delta (different pages, kinds or ops)."""
 
 
+class DeviceUnavailableError(MMSBError, RuntimeError):
+    """A page was asked to live on a device kind (e.g. ``"gpu"``) that JAX does not have."""
+
+
+class SemiringError(MMSBError, ValueError):
+    """A semiring operation got an argument it cannot use (``max_iter < 0``, a bad ``tol``)."""
+
+
+class UnknownSemiringError(SemiringError, TypeError):
+    """An object passed as a semiring is not a ``mm.semiring.Semiring``."""
+
+
 class CheckFailedError(MMSBError, RuntimeError):
     """A value check inside a ``mm.checked`` function failed."""
 
@@ -91,6 +108,22 @@ class CycleError(MMSBError, ValueError):
         self.cycle = tuple(cycle)
         path = " -> ".join((*self.cycle, self.cycle[0])) if self.cycle else "?"
         super().__init__(f"dependency cycle: {path}")
+
+
+class GraphError(MMSBError, ValueError):
+    """An invalid dependency-graph definition or operation (e.g. removing a base page)."""
+
+
+class DependencyError(GraphError):
+    """A page cannot be removed because other pages depend on it (``dependents``)."""
+
+    def __init__(self, page: str, dependents: tuple[str, ...] | list[str]):
+        self.page = page
+        self.dependents = tuple(dependents)
+        super().__init__(
+            f"page {page!r} has dependents {', '.join(self.dependents)}; remove them first "
+            "or pass cascade=True"
+        )
 
 
 class StoreError(MMSBError, OSError):

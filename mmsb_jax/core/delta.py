@@ -14,10 +14,17 @@ Kinds:
 Ops: ``set add mul min max or and``. ``or``/``and`` need a bool or integer page; ``add``/``mul``
 are not defined on bool pages.
 
-Duplicate row indices inside one delta are resolved *before* anything is written, by a stable
-sort and a segmented scan in a fixed order: ``set`` keeps the last occurrence, the other ops
-combine the occurrences left to right. Each page row is then written exactly once, so results
-do not depend on XLA's scatter ordering (undefined for duplicates and nondeterministic on GPU).
+Duplicate row indices inside one delta are resolved deterministically, never by XLA's scatter
+ordering (undefined for duplicates and nondeterministic on GPU):
+
+* ``set`` keeps the last occurrence: the winning slot of each row is found first (a stable
+  sort for small deltas, an exact scatter-max of slot positions for large ones) and each row is
+  then written once.
+* Float ``add/mul/min/max`` and integer ``or/and`` combine duplicates left to right with a
+  stable sort and a segmented ``lax.associative_scan`` (fixed tree order), then write each row
+  once.
+* Integer ``add/mul/min/max`` and bool ``min/max/or/and`` are exact, commutative and
+  associative, so the scatter combiner gives the same bits in any order and is used directly.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ __all__ = [
     "identity_value",
     "op_fn",
     "validate",
+    "winning_rows",
 ]
 
 OPS: tuple[str, ...] = ("set", "add", "mul", "min", "max", "or", "and")
@@ -321,6 +329,45 @@ def resolve_rows(indices: jax.Array, values: jax.Array, op: str, num_rows: int):
     return rows, svals
 
 
+def winning_rows(indices: jax.Array, num_rows: int) -> jax.Array:
+    """For ``set``: the row each slot writes, or ``num_rows`` if a later slot overwrites it.
+
+    Args:
+      indices: ``int32[k]``, ``-1`` = padding.
+      num_rows: ``n``.
+
+    Returns:
+      ``int32[k]``: ``indices[i]`` where slot ``i`` is the last occurrence of its row, else
+      ``n`` (dropped by a ``mode="drop"`` scatter). Every in-range row appears at most once, so
+      the scatter that follows is deterministic on every backend.
+
+    Small deltas use a stable sort (``O(k log k)``); large ones a scatter-max of slot positions
+    into an ``int32[n]`` buffer (``O(k + n)``, exact: ``max`` is order-independent).
+    """
+    k = indices.shape[0]
+    key = jnp.where(indices < 0, num_rows, indices).astype(jnp.int32)
+    if k * 32 < num_rows:
+        order = jnp.argsort(key, stable=True)
+        skey = key[order]
+        last = jnp.concatenate([skey[1:] != skey[:-1], jnp.ones((1,), bool)])
+        rows_sorted = jnp.where(last, skey, num_rows)
+        return jnp.zeros((k,), jnp.int32).at[order].set(rows_sorted, unique_indices=True)
+    slots = jnp.arange(k, dtype=jnp.int32)
+    pos = jnp.full((num_rows,), -1, jnp.int32).at[key].max(slots, mode="drop")
+    wins = pos.at[key].get(mode="fill", fill_value=-1) == slots
+    return jnp.where(wins, key, num_rows)
+
+
+# Ops whose scatter combiner is exact and order-independent on these dtypes, so XLA's scatter
+# is deterministic even with duplicate indices (and even with GPU atomics).
+def _order_independent(op: str, dtype: Any) -> bool:
+    if _is_bool(dtype):
+        return op in ("min", "max", "or", "and")
+    if _is_int(dtype):
+        return op in ("add", "mul", "min", "max")
+    return False
+
+
 def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str) -> jax.Array:
     n = page.shape[0]
     if indices.shape[0] == 0:
@@ -330,11 +377,18 @@ def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str)
         INDEX_CHECK_TAG + ": row index outside [-1, {n}) in a rows delta",
         n=jnp.int32(n),
     )
+    if op == "set":
+        return page.at[winning_rows(indices, n)].set(values, mode="drop")
+    if _order_independent(op, page.dtype):
+        key = jnp.where(indices < 0, n, indices)
+        if _is_bool(page.dtype):
+            op = {"or": "max", "and": "min"}.get(op, op)
+        at = page.at[key]
+        return {"add": at.add, "mul": at.multiply, "min": at.min, "max": at.max}[op](
+            values, mode="drop")
     rows, vals = resolve_rows(indices, values, op, n)
-    if op != "set":
-        old = page.at[rows].get(mode="fill", fill_value=0)
-        vals = op_fn(op)(old, vals)
-    return page.at[rows].set(vals, mode="drop")
+    old = page.at[rows].get(mode="fill", fill_value=0)
+    return page.at[rows].set(op_fn(op)(old, vals), mode="drop")
 
 
 def apply_page(page: jax.Array, delta: Delta) -> jax.Array:

@@ -1,0 +1,233 @@
+"""The original MMSB's API on top of mmsb-jax, for byte pages.
+
+The seed exposed a mutable, imperative API (Julia):
+
+.. code-block:: julia
+
+    state = mmsb_start(enable_gpu=false)
+    page  = create_page(state, size=1024, location=:cpu)
+    update_page(state, page.id, rand(UInt8, 1024))
+    data  = query_page(state, page.id)
+    mmsb_stop(state, checkpoint_path="state.mmsb")
+
+This module reproduces it in Python. Underneath, each page is a ``uint8[size]`` page of an
+``mm.State`` and every update is an ``mm.Delta.masked`` that sets the bytes that changed, so the
+compat API obeys the same law as the rest of the library: ``state x delta -> state'``. An
+update with identical bytes is a no-op (no delta, the epoch does not move), as in the seed.
+``mmsb_stop(checkpoint_path=...)`` writes the seed's ``MMSBSNAP`` snapshot format, so the file
+can be read by the original and imported with ``mmsb import-seed``.
+
+Locations: ``:cpu`` / ``"cpu"`` (and ``"unified"``, stored on the CPU) always work; ``"gpu"``
+places the page on a JAX GPU device when one exists and otherwise raises
+:class:`~mmsb_jax.errors.DeviceUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmsb_jax.core.delta import Delta, apply
+from mmsb_jax.core.pages import State
+from mmsb_jax.errors import (
+    DeviceUnavailableError,
+    DTypeError,
+    MMSBError,
+    ShapeError,
+    UnknownPageError,
+)
+from mmsb_jax.store import seed
+
+__all__ = [
+    "CompatPage",
+    "MMSBState",
+    "create_page",
+    "mmsb_start",
+    "mmsb_stop",
+    "page_epoch",
+    "query_page",
+    "update_page",
+]
+
+_LOCATION_TAGS = {"cpu": 0, "gpu": 1, "unified": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompatPage:
+    """Handle returned by :func:`create_page` (``page.id`` as in the seed)."""
+
+    id: int
+    size: int
+    location: str
+
+    def __int__(self) -> int:
+        return self.id
+
+    def __index__(self) -> int:
+        return self.id
+
+
+class MMSBState:
+    """The seed's mutable state object: a current :class:`mmsb_jax.State` plus page handles.
+
+    Attributes:
+      state: the current immutable ``mm.State`` (pages named ``page_<id>``).
+      pages: ``{id: CompatPage}``.
+      enable_gpu: whether GPU placement was requested at start.
+      running: False after :func:`mmsb_stop`.
+    """
+
+    def __init__(self, enable_gpu: bool = False):
+        self.state = State(pages={}, epochs={})
+        self.pages: dict[int, CompatPage] = {}
+        self.enable_gpu = bool(enable_gpu)
+        self.running = True
+        self._next_id = 1
+        self._lock = threading.Lock()
+
+    def _name(self, page_id: Any) -> str:
+        pid = int(page_id.id if isinstance(page_id, CompatPage) else page_id)
+        if pid not in self.pages:
+            raise UnknownPageError(f"page_{pid}", [f"page_{i}" for i in self.pages])
+        return f"page_{pid}"
+
+    def _check_running(self) -> None:
+        if not self.running:
+            raise MMSBError("this MMSB state was stopped (mmsb_stop); start a new one")
+
+
+def mmsb_start(enable_gpu: bool = False, **_: Any) -> MMSBState:
+    """Start an MMSB state (the seed's ``mmsb_start``).
+
+    Args:
+      enable_gpu: the seed's flag; with True, :func:`create_page` places ``"gpu"`` pages on a
+        GPU (an error is raised there when JAX has none).
+
+    Returns:
+      a new :class:`MMSBState` with no pages.
+    """
+    return MMSBState(enable_gpu=enable_gpu)
+
+
+def _location_name(location: Any) -> str:
+    name = str(location).lstrip(":").lower()
+    if name not in _LOCATION_TAGS:
+        raise MMSBError(f"unknown page location {location!r}; use 'cpu', 'gpu' or 'unified'")
+    return name
+
+
+def _device_for(location: str) -> jax.Device:
+    if location == "gpu":
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            gpus = []
+        if not gpus:
+            raise DeviceUnavailableError(
+                "location 'gpu' requested but JAX sees no GPU (install jax[cuda] on a GPU "
+                "machine, or use location='cpu')")
+        return gpus[0]
+    return jax.devices("cpu")[0]
+
+
+def create_page(state: MMSBState, size: int = 4096, location: Any = "cpu") -> CompatPage:
+    """Allocate a zero-filled byte page and return its handle (ids start at 1 per state).
+
+    Args:
+      state: from :func:`mmsb_start`.
+      size: page size in bytes (``> 0``).
+      location: ``"cpu"``/``:cpu``, ``"gpu"`` or ``"unified"``.
+
+    Returns:
+      :class:`CompatPage` with ``.id``, ``.size``, ``.location``.
+    """
+    state._check_running()
+    size = int(size)
+    if size <= 0:
+        raise ShapeError(f"page size must be positive, got {size}")
+    loc = _location_name(location)
+    device = _device_for(loc)
+    with state._lock:
+        pid = state._next_id
+        state._next_id += 1
+        name = f"page_{pid}"
+        page = jax.device_put(jnp.zeros((size,), jnp.uint8), device)
+        state.state = state.state.with_pages({name: page}, {name: jnp.zeros((), jnp.int32)})
+        handle = CompatPage(pid, size, loc)
+        state.pages[pid] = handle
+    return handle
+
+
+def _as_bytes(data: Any, size: int) -> np.ndarray:
+    if isinstance(data, bytes | bytearray | memoryview):
+        arr = np.frombuffer(bytes(data), np.uint8)
+    else:
+        arr = np.asarray(data)
+        if arr.dtype != np.uint8:
+            if not np.issubdtype(arr.dtype, np.integer) or arr.size and (
+                    arr.min() < 0 or arr.max() > 255):
+                raise DTypeError(f"page bytes must be uint8 (or ints in 0..255), got {arr.dtype}")
+            arr = arr.astype(np.uint8)
+    if arr.ndim != 1 or arr.size != size:
+        raise ShapeError(f"update of a {size}-byte page needs {size} bytes, got shape {arr.shape}")
+    return arr
+
+
+def update_page(state: MMSBState, page_id: int | CompatPage, data: Any) -> bool:
+    """Overwrite a page's bytes (the seed's ``update_page``).
+
+    Only the bytes that differ are written (a masked ``set`` delta); identical bytes change
+    nothing, not even the epoch.
+
+    Args:
+      state: from :func:`mmsb_start`.
+      page_id: an id or :class:`CompatPage`.
+      data: ``uint8[size]`` (bytes, bytearray or an integer array).
+
+    Returns:
+      True if the page changed.
+    """
+    state._check_running()
+    name = state._name(page_id)
+    with state._lock:
+        page = state.state.pages[name]
+        new = _as_bytes(data, page.shape[0])
+        changed = np.asarray(page) != new
+        if not changed.any():
+            return False
+        state.state = apply(state.state, Delta.masked(name, changed, new, "set"))
+    return True
+
+
+def query_page(state: MMSBState, page_id: int | CompatPage) -> np.ndarray:
+    """The page's bytes as a fresh ``uint8[size]`` numpy array."""
+    name = state._name(page_id)
+    return np.array(state.state.pages[name], dtype=np.uint8)
+
+
+def page_epoch(state: MMSBState, page_id: int | CompatPage) -> int:
+    """How many changing updates the page has received."""
+    return int(state.state.epochs[state._name(page_id)])
+
+
+def mmsb_stop(state: MMSBState, checkpoint_path: str | os.PathLike | None = None) -> None:
+    """Stop the state; with ``checkpoint_path`` write its pages as an ``MMSBSNAP`` snapshot."""
+    state._check_running()
+    if checkpoint_path is not None:
+        pages = tuple(
+            seed.SeedPage(pid, page_epoch(state, pid), _LOCATION_TAGS[h.location], {},
+                          query_page(state, pid))
+            for pid, h in sorted(state.pages.items()))
+        tmp = f"{os.fspath(checkpoint_path)}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(seed.encode_seed_snapshot(seed.SeedSnapshot(pages, 0)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, checkpoint_path)
+    state.running = False
