@@ -358,6 +358,20 @@ def winning_rows(indices: jax.Array, num_rows: int) -> jax.Array:
     return jnp.where(wins, key, num_rows)
 
 
+def _out_sharding(page: jax.Array) -> Any:
+    """The page's sharding when it lives on an explicit-sharding mesh, else ``None``.
+
+    Scatters and gathers on explicitly sharded arrays need ``out_sharding=`` (their result
+    sharding cannot be inferred); passing the page's own sharding keeps it unchanged.
+    """
+    sharding = getattr(jax.typeof(page), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    axis_types = getattr(mesh, "axis_types", ())
+    if any(t == jax.sharding.AxisType.Explicit for t in axis_types):
+        return sharding
+    return None
+
+
 # Ops whose scatter combiner is exact and order-independent on these dtypes, so XLA's scatter
 # is deterministic even with duplicate indices (and even with GPU atomics).
 def _order_independent(op: str, dtype: Any) -> bool:
@@ -377,18 +391,24 @@ def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str)
         INDEX_CHECK_TAG + ": row index outside [-1, {n}) in a rows delta",
         n=jnp.int32(n),
     )
+    out = _out_sharding(page)
     if op == "set":
-        return page.at[winning_rows(indices, n)].set(values, mode="drop")
+        return page.at[winning_rows(indices, n)].set(values, mode="drop", out_sharding=out)
     if _order_independent(op, page.dtype):
         key = jnp.where(indices < 0, n, indices)
         if _is_bool(page.dtype):
             op = {"or": "max", "and": "min"}.get(op, op)
         at = page.at[key]
         return {"add": at.add, "mul": at.multiply, "min": at.min, "max": at.max}[op](
-            values, mode="drop")
+            values, mode="drop", out_sharding=out)
     rows, vals = resolve_rows(indices, values, op, n)
-    old = page.at[rows].get(mode="fill", fill_value=0)
-    return page.at[rows].set(op_fn(op)(old, vals), mode="drop")
+    old = page.at[rows].get(mode="fill", fill_value=0,
+                            out_sharding=None if out is None else _replicated(out))
+    return page.at[rows].set(op_fn(op)(old, vals), mode="drop", out_sharding=out)
+
+
+def _replicated(sharding: Any) -> Any:
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
 
 
 def apply_page(page: jax.Array, delta: Delta) -> jax.Array:
