@@ -21,8 +21,8 @@ ordering (undefined for duplicates and nondeterministic on GPU):
   sort for small deltas, an exact scatter-max of slot positions for large ones) and each row is
   then written once.
 * Float ``add/mul/min/max`` and integer ``or/and`` combine duplicates left to right with a
-  stable sort and a segmented ``lax.associative_scan`` (fixed tree order), then write each row
-  once.
+  stable sort and a segmented Hillis-Steele scan (:func:`segmented_scan`, a fixed tree per
+  run), then write each row once.
 * Integer ``add/mul/min/max`` and bool ``min/max/or/and`` are exact, commutative and
   associative, so the scatter combiner gives the same bits in any order and is used directly.
 """
@@ -61,7 +61,11 @@ __all__ = [
     "apply_page",
     "compose",
     "identity_value",
+    "merge_rows_sharded",
     "op_fn",
+    "page_sharding",
+    "row_sharding",
+    "segmented_scan",
     "validate",
     "winning_rows",
 ]
@@ -300,7 +304,7 @@ def resolve_rows(indices: jax.Array, values: jax.Array, op: str, num_rows: int):
       indices: ``int32[k]``, ``-1`` = padding.
       values: ``[k, *row]``.
       op: the delta op; ``set`` keeps the last occurrence, other ops combine occurrences in
-        their original order (a segmented ``lax.associative_scan``, fixed tree order).
+        their original order (:func:`segmented_scan`).
       num_rows: the page's number of rows ``n``.
 
     Returns:
@@ -315,16 +319,7 @@ def resolve_rows(indices: jax.Array, values: jax.Array, op: str, num_rows: int):
     svals = values[order]
     last = jnp.concatenate([skey[1:] != skey[:-1], jnp.ones((1,), bool)]) if k else skey < 0
     if op != "set" and k > 1:
-        start = jnp.concatenate([jnp.ones((1,), bool), skey[1:] != skey[:-1]])
-        fn = op_fn(op)
-        extra = (1,) * (values.ndim - 1)
-
-        def seg(a, b):
-            fa, va = a
-            fb, vb = b
-            return fa | fb, jnp.where(fb.reshape(fb.shape + extra), vb, fn(va, vb))
-
-        _, svals = lax.associative_scan(seg, (start, svals))
+        svals = segmented_scan(op_fn(op), skey, svals)
     rows = jnp.where(last & (skey < num_rows), skey, num_rows)
     return rows, svals
 
@@ -382,6 +377,33 @@ def _order_independent(op: str, dtype: Any) -> bool:
     return False
 
 
+def segmented_scan(fn: Callable[[jax.Array, jax.Array], jax.Array], segment: jax.Array,
+                   values: jax.Array) -> jax.Array:
+    """Inclusive scan of ``fn`` within runs of equal ``segment`` ids (Hillis-Steele).
+
+    Args:
+      fn: associative binary function (applied elementwise on rows).
+      segment: ``int[k]``, equal ids contiguous (sorted).
+      values: ``[k, *row]``.
+
+    Returns:
+      ``[k, *row]``: element ``i`` = ``fn``-fold of its run up to ``i``. The combination tree
+      of each element depends only on its offset within its run, not on where the run sits in
+      the array, so a run gives the same bits whatever else is in the batch (this is what makes
+      sharded merges bit-equal to unsharded ones). ``ceil(log2 k)`` steps of ``O(k)`` work.
+    """
+    k = values.shape[0]
+    extra = (1,) * (values.ndim - 1)
+    shift = 1
+    while shift < k:
+        prev_vals = jnp.concatenate([values[:shift], values[:-shift]])
+        prev_seg = jnp.concatenate([segment[:shift] - 1, segment[:-shift]])
+        same = (prev_seg == segment).reshape((k, *extra))
+        values = jnp.where(same, fn(prev_vals, values), values)
+        shift *= 2
+    return values
+
+
 def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str) -> jax.Array:
     n = page.shape[0]
     if indices.shape[0] == 0:
@@ -424,24 +446,111 @@ def apply_page(page: jax.Array, delta: Delta) -> jax.Array:
     return fn(page, delta.values).astype(page.dtype)
 
 
+def row_sharding_of(sharding: Any, ndim: int) -> jax.sharding.NamedSharding | None:
+    """``sharding`` with its spec padded to ``ndim`` if it splits axis 0 over >1 device."""
+    if not isinstance(sharding, jax.sharding.NamedSharding) or not ndim:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+    axes = spec[0]
+    if axes is None:
+        return None
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    if int(np.prod([sharding.mesh.shape[a] for a in axes])) <= 1:
+        return None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def row_sharding(page: Any) -> jax.sharding.NamedSharding | None:
+    """The page's ``NamedSharding`` if its rows (axis 0) are split over devices, else ``None``.
+
+    Works on concrete arrays and, on explicit-sharding meshes, on traced ones.
+    """
+    return row_sharding_of(page_sharding(page), page.ndim)
+
+
+def merge_rows_sharded(page: jax.Array, indices: jax.Array, values: jax.Array, op: str,
+                       sharding: jax.sharding.NamedSharding) -> jax.Array:
+    """Row merge of a row-sharded page with ``shard_map``: each device updates only its rows.
+
+    Shapes as :func:`apply_page` for a ``rows`` delta. Every device sees all ``k`` slots,
+    keeps those that fall in its block of rows (the others become padding) and runs the same
+    deterministic merge locally, so the result is bit-equal to the unsharded merge.
+    """
+    spec = sharding.spec
+    P = jax.sharding.PartitionSpec
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+
+    def local(block: jax.Array, idx: jax.Array, vals: jax.Array) -> jax.Array:
+        rows = block.shape[0]
+        start = lax.axis_index(axes) * rows
+        mine = (idx >= start) & (idx < start + rows)
+        return _merge_rows(block, jnp.where(mine, idx - start, PADDING), vals, op)
+
+    checkify.debug_check(
+        jnp.all((indices >= PADDING) & (indices < page.shape[0])),
+        INDEX_CHECK_TAG + ": row index outside [-1, {n}) in a rows delta",
+        n=jnp.int32(page.shape[0]),
+    )
+    values_spec = P(None, *spec[1:])
+    if any(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
+        # Explicit meshes do not reshard shard_map inputs implicitly.
+        indices = jax.reshard(indices, jax.sharding.NamedSharding(sharding.mesh, P()))
+        values = jax.reshard(values, jax.sharding.NamedSharding(sharding.mesh, values_spec))
+    return jax.shard_map(
+        local, mesh=sharding.mesh, in_specs=(spec, P(), values_spec), out_specs=spec,
+    )(page, indices, values)
+
+
+def page_sharding(page: Any) -> jax.sharding.NamedSharding | None:
+    """The page's ``NamedSharding`` (concrete arrays, or traced ones on explicit meshes)."""
+    sharding = getattr(page, "sharding", None) if _is_concrete(page) else None
+    if sharding is None:
+        sharding = getattr(jax.typeof(page), "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and not sharding.mesh.empty:
+        return sharding
+    return None
+
+
+def _keep_sharding(new: jax.Array, sharding: jax.sharding.NamedSharding | None) -> jax.Array:
+    if sharding is None:
+        return new
+    if any(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
+        if jax.typeof(new).sharding.spec != sharding.spec:
+            return jax.reshard(new, sharding)
+        return new
+    return lax.with_sharding_constraint(new, sharding)
+
+
 def _apply_impl(pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array],
-                deltas: Sequence[Delta]):
+                deltas: Sequence[Delta], plans: tuple[tuple[str, Any], ...] = ()):
     pages = dict(pages)
     epochs = dict(epochs)
+    shardings = dict(plans)
     for d in deltas:
-        pages[d.page] = apply_page(pages[d.page], d)
+        page = pages[d.page]
+        sharding = shardings.get(d.page) or page_sharding(page)
+        split = row_sharding(page) if sharding is None or d.page not in shardings else (
+            sharding if row_sharding_of(sharding, page.ndim) else None)
+        if d.kind == "rows" and split is not None and d.values.shape[0]:
+            new = merge_rows_sharded(page, d.indices, d.values, d.op, split)
+        else:
+            new = apply_page(page, d)
+        pages[d.page] = _keep_sharding(new, sharding)
         epochs[d.page] = epochs[d.page] + jnp.int32(d.count)
     return pages, epochs
 
 
-_apply_jit = jax.jit(_apply_impl)
+_apply_jit = jax.jit(_apply_impl, static_argnums=3)
 
 
 def _run(state: State, deltas: Sequence[Delta]) -> State:
     touched = list(dict.fromkeys(d.page for d in deltas))
     sub_pages = {n: state.pages[n] for n in touched}
     sub_epochs = {n: state.epochs[n] for n in touched}
-    new_pages, new_epochs = _apply_jit(sub_pages, sub_epochs, list(deltas))
+    recorded = dict(state.shardings)
+    plans = tuple((n, sh) for n in touched
+                  if (sh := recorded.get(n) or page_sharding(sub_pages[n])) is not None)
+    new_pages, new_epochs = _apply_jit(sub_pages, sub_epochs, list(deltas), plans)
     return state.with_pages(new_pages, new_epochs)
 
 

@@ -258,6 +258,10 @@ class State:
         order (any mapping given to the constructor is converted).
       epochs: ``{name: int32[]}``, the number of deltas applied to each page (for a derived page:
         the number of recomputations that changed it).
+      shardings: static ``((name, NamedSharding), ...)`` of the sharded pages, set by
+        :func:`init_state` with a mesh. Kept in the treedef so that ``apply``/``propagate``
+        can keep every page's sharding even inside a user's ``jit`` on an auto-sharding mesh,
+        where traced arrays carry no sharding.
 
     ``State`` is a frozen pytree (``jax.tree_util.register_dataclass``): use it under ``jit``,
     ``vmap`` (leading batch axis on every leaf) and ``jax.tree.map``. Epochs are integers, so
@@ -266,6 +270,8 @@ class State:
 
     pages: Mapping[str, jax.Array]
     epochs: Mapping[str, jax.Array]
+    shardings: tuple[tuple[str, jax.sharding.NamedSharding], ...] = dataclasses.field(
+        default=(), metadata=dict(static=True))
 
     def __post_init__(self) -> None:
         if not isinstance(self.pages, PageMap):
@@ -298,7 +304,11 @@ class State:
         new_epochs = dict(self.epochs)
         if epochs is not None:
             new_epochs.update(epochs)
-        return State(pages=new_pages, epochs=new_epochs)
+        return State(pages=new_pages, epochs=new_epochs, shardings=self.shardings)
+
+    def sharding_of(self, name: str) -> jax.sharding.NamedSharding | None:
+        """The recorded sharding of page ``name`` (``None`` when it is not sharded)."""
+        return dict(self.shardings).get(name)
 
 
 def _named_sharding(spec: PageSpec, mesh: jax.sharding.Mesh | None):
@@ -323,15 +333,17 @@ def init_state(schema: Schema, *, mesh: jax.sharding.Mesh | None = None) -> Stat
         raise SchemaError(f"init_state expects a Schema, got {type(schema).__name__}")
     pages: dict[str, jax.Array] = {}
     epochs: dict[str, jax.Array] = {}
+    shardings: list[tuple[str, jax.sharding.NamedSharding]] = []
     for spec in schema:
         if mesh is not None:
             sharding = _named_sharding(spec, mesh) or jax.sharding.NamedSharding(
                 mesh, jax.sharding.PartitionSpec()
             )
             pages[spec.name] = jnp.zeros(spec.shape, spec.dtype, device=sharding)
+            shardings.append((spec.name, sharding))
             epochs[spec.name] = jnp.zeros((), jnp.int32, device=jax.sharding.NamedSharding(
                 mesh, jax.sharding.PartitionSpec()))
         else:
             pages[spec.name] = jnp.zeros(spec.shape, spec.dtype)
             epochs[spec.name] = jnp.zeros((), jnp.int32)
-    return State(pages=pages, epochs=epochs)
+    return State(pages=pages, epochs=epochs, shardings=tuple(shardings))
