@@ -4,6 +4,7 @@ Every change follows ``state x delta -> state'``; see ``docs/`` for the concepts
 """
 
 from mmsb_jax import errors
+from mmsb_jax.core import semiring
 from mmsb_jax.core.delta import (
     KINDS,
     OPS,
@@ -35,4 +36,5 @@ __all__ = [
     "compose",
     "errors",
     "init_state",
+    "semiring",
 ]

@@ -17,13 +17,16 @@ __all__ = [
     "DependencyError",
     "DTypeError",
     "DeviceUnavailableError",
+    "DomainError",
     "FormatError",
     "GraphError",
     "IndexOutOfRangeError",
+    "KernelBackendError",
     "LogCorruptError",
     "MMSBError",
     "MaskError",
     "OpError",
+    "OptionError",
     "PageExistsError",
     "SchemaError",
     "SchemaMismatchError",
@@ -32,6 +35,7 @@ __all__ = [
     "ShapeError",
     "StoreError",
     "UnknownPageError",
+    "UnknownSeqError",
     "UnknownSemiringError",
 ]
 
@@ -89,6 +93,10 @@ class DeviceUnavailableError(MMSBError, RuntimeError):
     """A page was asked to live on a device kind (e.g. ``"gpu"``) that JAX does not have."""
 
 
+class KernelBackendError(MMSBError, ValueError):
+    """An unknown kernel backend name (``MMSB_KERNELS`` or ``mmsb_jax.kernels.set_backend``)."""
+
+
 class SemiringError(MMSBError, ValueError):
     """A semiring operation got an argument it cannot use (``max_iter < 0``, a bad ``tol``)."""
 
@@ -132,6 +140,18 @@ class StoreError(MMSBError, OSError):
 
 class SchemaMismatchError(MMSBError, ValueError):
     """A stored schema differs from the one given by the caller."""
+
+
+class UnknownSeqError(MMSBError, LookupError):
+    """A commit sequence number the store does not hold (in the future, or pruned away)."""
+
+
+class OptionError(MMSBError, ValueError):
+    """An invalid option value (unknown sync policy, non-positive size or interval, ...)."""
+
+
+class DomainError(MMSBError, ValueError):
+    """A value lies outside a function's domain (negative counts, a non-finite weight, ...)."""
 
 
 class FormatError(MMSBError, ValueError):
