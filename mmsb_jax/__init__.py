@@ -3,7 +3,7 @@
 Every change follows ``state x delta -> state'``; see ``docs/`` for the concepts.
 """
 
-from mmsb_jax import errors
+from mmsb_jax import errors, intention, utility
 from mmsb_jax.core import semiring
 from mmsb_jax.core.delta import (
     KINDS,
@@ -36,5 +36,7 @@ __all__ = [
     "compose",
     "errors",
     "init_state",
+    "intention",
     "semiring",
+    "utility",
 ]

@@ -11,6 +11,7 @@ Several classes also derive from the matching builtin (``KeyError``, ``TypeError
 from __future__ import annotations
 
 __all__ = [
+    "CapacityError",
     "CheckFailedError",
     "ComposeError",
     "CycleError",
@@ -19,8 +20,10 @@ __all__ = [
     "DeviceUnavailableError",
     "DomainError",
     "FormatError",
+    "GivensConflictError",
     "GraphError",
     "IndexOutOfRangeError",
+    "InvalidProblemError",
     "KernelBackendError",
     "LogCorruptError",
     "MMSBError",
@@ -30,13 +33,16 @@ __all__ = [
     "PageExistsError",
     "SchemaError",
     "SchemaMismatchError",
+    "SearchLimitError",
     "SeedFormatError",
     "SemiringError",
     "ShapeError",
     "StoreError",
+    "ToolError",
     "UnknownPageError",
     "UnknownSeqError",
     "UnknownSemiringError",
+    "UnsatisfiableError",
 ]
 
 
@@ -105,6 +111,30 @@ class UnknownSemiringError(SemiringError, TypeError):
     """An object passed as a semiring is not a ``mm.semiring.Semiring``."""
 
 
+class InvalidProblemError(MMSBError, ValueError):
+    """A constraint problem, rule set or puzzle is malformed (values outside the domain, bad
+    variable or proposition indices, a group that names a variable twice)."""
+
+
+class UnsatisfiableError(MMSBError, ValueError):
+    """A constraint problem has no solution: the search explored every branch and found none."""
+
+
+class GivensConflictError(InvalidProblemError, UnsatisfiableError):
+    """The givens of a puzzle already violate a constraint (two equal values in one group).
+
+    ``conflicts`` lists the offending pairs of cells as ``((row, col), (row, col))``.
+    """
+
+    def __init__(self, message: str, conflicts: tuple = ()):
+        self.conflicts = tuple(conflicts)
+        super().__init__(message)
+
+
+class SearchLimitError(MMSBError, RuntimeError):
+    """A search stopped at its step or stack limit before finding a solution or proving none."""
+
+
 class CheckFailedError(MMSBError, RuntimeError):
     """A value check inside a ``mm.checked`` function failed."""
 
@@ -152,6 +182,22 @@ class OptionError(MMSBError, ValueError):
 
 class DomainError(MMSBError, ValueError):
     """A value lies outside a function's domain (negative counts, a non-finite weight, ...)."""
+
+
+class CapacityError(MMSBError, IndexError):
+    """A fixed-capacity structure is full (e.g. no free entity slot left in a ``World``)."""
+
+
+class ToolError(MMSBError, ValueError):
+    """An LLM tool call was refused: unknown tool, or arguments that fail its JSON schema.
+
+    ``tool`` names the tool; ``path`` is the JSON path of the offending argument (may be empty).
+    """
+
+    def __init__(self, message: str, tool: str = "", path: tuple[str | int, ...] = ()):
+        self.tool = tool
+        self.path = tuple(path)
+        super().__init__(message)
 
 
 class FormatError(MMSBError, ValueError):
