@@ -17,10 +17,17 @@ from mmsb_jax.core.delta import (
     compose,
 )
 from mmsb_jax.core.pages import PageSpec, Schema, State, init_state
+from mmsb_jax.runtime.bus import Bus, CommitInfo
+from mmsb_jax.store.checkpoint import CheckpointStore
+from mmsb_jax.store.replay import replay
+from mmsb_jax.store.tlog import TLog
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bus",
+    "CheckpointStore",
+    "CommitInfo",
     "KINDS",
     "OPS",
     "PADDING",
@@ -28,6 +35,7 @@ __all__ = [
     "PageSpec",
     "Schema",
     "State",
+    "TLog",
     "__version__",
     "apply",
     "apply_batch",
@@ -37,6 +45,7 @@ __all__ = [
     "errors",
     "init_state",
     "intention",
+    "replay",
     "semiring",
     "utility",
 ]

@@ -1,0 +1,31 @@
+"""Store: host-side durability — the transaction log, checkpoints, replay and seed formats."""
+
+from mmsb_jax.store.checkpoint import CheckpointStore
+from mmsb_jax.store.format import Transaction
+from mmsb_jax.store.replay import apply_transaction, replay, replay_with_seq
+from mmsb_jax.store.tlog import (
+    SYNC_POLICIES,
+    LogScan,
+    RecoveryReport,
+    RepairReport,
+    TLog,
+    read_transactions,
+    repair,
+    scan_log,
+)
+
+__all__ = [
+    "SYNC_POLICIES",
+    "CheckpointStore",
+    "LogScan",
+    "RecoveryReport",
+    "RepairReport",
+    "TLog",
+    "Transaction",
+    "apply_transaction",
+    "read_transactions",
+    "repair",
+    "replay",
+    "replay_with_seq",
+    "scan_log",
+]

@@ -126,3 +126,26 @@ def test_fuzzed_seed_input_only_raises_typed_errors(tail, magic):
         seed.decode_seed_log(data) if magic == seed.LOG_MAGIC else seed.decode_seed_snapshot(data)
     except MMSBError:
         pass
+
+
+def test_import_seed_snapshot_and_log_into_bus_directories(tmp_path):
+    import mmsb_jax as mm
+    from mmsb_jax.cli import main
+
+    assert main(["import-seed", str(FIXTURES / "test.chk"), "--out", str(tmp_path / "snap")]) == 0
+    with mm.Bus.open(tmp_path / "snap") as bus:  # no schema: read from the log
+        assert bus.schema.names == ("page_42",)
+        data = bus.read("page_42")
+        assert data.dtype == np.uint8 and data.shape == (4096,)
+        assert data[0] == 0x2A and np.all(data[1:] == 0x63)
+        assert int(bus.state.epochs["page_42"]) == 1
+    assert main(["import-seed", str(FIXTURES / "test.tlog"), "--out", str(tmp_path / "log")]) == 0
+    with mm.Bus.open(tmp_path / "log") as bus:
+        assert bus.read("page_42").tolist() == [0x2A]
+        assert int(bus.state.epochs["page_42"]) == 1
+    # An existing bus directory is refused; a bad file writes nothing.
+    assert main(["import-seed", str(FIXTURES / "test.tlog"), "--out", str(tmp_path / "log")]) == 2
+    bad = tmp_path / "bad.tlog"
+    bad.write_bytes(b"MMSBLOG1" + struct.pack("<I", 7))
+    assert main(["import-seed", str(bad), "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()

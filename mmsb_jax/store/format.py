@@ -1,0 +1,708 @@
+"""Byte-level encoding of the transaction log (the layout is specified in ``docs/format.md``).
+
+This module is pure: it turns headers, records and transactions into bytes and back, and scans a
+segment's bytes for the longest valid prefix. Files, locks and fsync live in
+:mod:`mmsb_jax.store.tlog`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import google_crc32c
+import jax.numpy as jnp
+import numpy as np
+
+from mmsb_jax.core.delta import KINDS, OPS, Delta
+from mmsb_jax.core.pages import Schema
+from mmsb_jax.errors import FormatError, SchemaError
+
+__all__ = [
+    "COMMIT",
+    "DELTA",
+    "DERIVED",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_DIM",
+    "MAX_DTYPE_NAME",
+    "MAX_NAME",
+    "MAX_NDIM",
+    "MAX_RECORD_BODY",
+    "MAX_SCHEMA_JSON",
+    "SCHEMA",
+    "VERSION",
+    "Record",
+    "SegmentHeader",
+    "SegmentScan",
+    "Transaction",
+    "TxnInfo",
+    "UnsupportedFormatError",
+    "commit_body",
+    "crc32c",
+    "decode_header",
+    "delta_body",
+    "derived_body",
+    "encode_header",
+    "encode_transaction",
+    "frame",
+    "frame_all",
+    "iter_records",
+    "parse_body",
+    "scan_segment",
+    "schema_body",
+    "transaction_bodies",
+]
+
+MAGIC = b"MMSBJAX\0"
+VERSION = 1
+HEADER_SIZE = 40
+_HEADER = struct.Struct("<8sHHIIIQI")  # everything but the trailing header CRC (36 bytes)
+_U32 = struct.Struct("<I")
+_REC = struct.Struct("<II")  # length, crc
+REC_HEADER_SIZE = _REC.size
+
+SCHEMA, DELTA, DERIVED, COMMIT = 1, 2, 3, 4
+RECORD_NAMES = {SCHEMA: "SCHEMA", DELTA: "DELTA", DERIVED: "DERIVED", COMMIT: "COMMIT"}
+
+#: Caps on length fields (docs/format.md, section 2).
+MIN_RECORD_BODY = 9
+MAX_RECORD_BODY = 1 << 30
+MAX_NAME = 128
+MAX_DTYPE_NAME = 32
+MAX_NDIM = 32
+MAX_DIM = 1 << 40
+MAX_SCHEMA_JSON = 16 << 20
+
+_BODY_PREFIX = struct.Struct("<BQ")  # type, seq
+_DELTA_FIXED = struct.Struct("<BBBBI")  # kind, op, mask_enc, ndim, count
+_COMMIT = struct.Struct("<BQIIQ")  # type, seq, n_records, txn_crc, timestamp_ns
+_COMMIT_RECORD_SIZE = REC_HEADER_SIZE + _COMMIT.size
+
+MASK_NONE, MASK_BITS = 0, 1
+_crc_extend = google_crc32c.extend
+
+
+def crc32c(data: bytes | bytearray | memoryview | np.ndarray, crc: int = 0) -> int:
+    """CRC-32C of ``data`` continuing from ``crc`` (0 starts a new checksum)."""
+    if type(data) is not bytes and not isinstance(data, np.ndarray):
+        data = np.frombuffer(data, np.uint8)  # the C extension wants bytes or an ndarray
+    return _crc_extend(crc, data)
+
+
+# -- header ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentHeader:
+    """The fixed 40-byte header of a log segment.
+
+    Attributes:
+      segment: segment number (>= 1), equal to the number in the file name.
+      salt: random ``u32`` that seeds every record CRC of the segment.
+      base_seq: seq of the last transaction before this segment (0 for the first one).
+    """
+
+    segment: int
+    salt: int
+    base_seq: int
+
+
+class UnsupportedFormatError(FormatError):
+    """A well-formed header (valid CRC) of a format version or option this reader lacks."""
+
+
+def encode_header(header: SegmentHeader) -> bytes:
+    """The 40 header bytes of ``header`` (magic, version, size, flags, fields, CRC)."""
+    head = _HEADER.pack(MAGIC, VERSION, HEADER_SIZE, 0, header.segment, header.salt,
+                        header.base_seq, 0)
+    return head + _U32.pack(crc32c(head))
+
+
+def decode_header(data: bytes) -> SegmentHeader:
+    """Parse and check a segment header.
+
+    Raises:
+      FormatError: fewer than 40 bytes, bad magic, bad CRC, or an unsupported version, header
+        size or flag (the last three only when the CRC is valid, i.e. a newer writer).
+    """
+    if len(data) < HEADER_SIZE:
+        raise FormatError(f"segment header truncated: {len(data)} of {HEADER_SIZE} bytes")
+    magic, version, size, flags, segment, salt, base_seq, reserved = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise FormatError(f"bad magic {magic!r}; not an mmsb-jax log segment")
+    (crc,) = _U32.unpack_from(data, _HEADER.size)
+    if crc != crc32c(bytes(data[: _HEADER.size])):
+        raise FormatError("segment header CRC mismatch")
+    if version != VERSION:
+        raise UnsupportedFormatError(f"unsupported log format version {version} (this reader: "
+                                     f"{VERSION})")
+    if size != HEADER_SIZE or flags != 0 or reserved != 0:
+        raise UnsupportedFormatError(f"unsupported header (size {size}, flags {flags:#x}, reserved "
+                          f"{reserved:#x})")
+    if segment < 1:
+        raise FormatError("segment number 0 in header")
+    return SegmentHeader(segment=segment, salt=salt, base_seq=base_seq)
+
+
+# -- record bodies --------------------------------------------------------------------------
+
+
+def schema_body(seq: int, schema: Schema, graph: Mapping[str, Any] | None = None) -> bytes:
+    """Body of a SCHEMA record: ``u8 type · u64 seq · UTF-8 JSON {"schema", "graph"}``."""
+    doc = {"schema": schema.to_json(), "graph": dict(graph or {})}
+    payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    if len(payload) > MAX_SCHEMA_JSON:
+        raise FormatError(f"schema JSON of {len(payload)} bytes exceeds {MAX_SCHEMA_JSON}")
+    return _BODY_PREFIX.pack(SCHEMA, seq) + payload
+
+
+_BIG_ENDIAN_HOST = sys.byteorder == "big"
+
+
+def _le_bytes(arr: np.ndarray) -> bytes:
+    order = arr.dtype.byteorder
+    if order == ">" or (order == "=" and _BIG_ENDIAN_HOST and arr.dtype.itemsize > 1):
+        arr = arr.byteswap()  # the bytes on disk are little-endian
+    return arr.tobytes()  # C order whatever the array's layout
+
+
+def _name_bytes(name: str, what: str) -> bytes:
+    raw = name.encode("utf-8")
+    if not 1 <= len(raw) <= MAX_NAME:
+        raise FormatError(f"{what} {name!r}: {len(raw)} bytes, expected 1..{MAX_NAME}")
+    return raw
+
+
+_DTYPE_NAMES: dict[type, bytes] = {}
+
+
+def _dtype_bytes(dtype: np.dtype) -> bytes:
+    """The dtype's numpy name as ASCII (cached per dtype class: hashing a dtype is slow)."""
+    raw = _DTYPE_NAMES.get(type(dtype))
+    if raw is None:
+        raw = dtype.name.encode("ascii")
+        if not 1 <= len(raw) <= MAX_DTYPE_NAME:
+            raise FormatError(f"dtype name {dtype.name!r} too long")
+        if not isinstance(dtype, np.dtypes.VoidDType):  # void dtypes share one class
+            _DTYPE_NAMES[type(dtype)] = raw
+    return raw
+
+
+_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
+_OP_CODE = {o: i for i, o in enumerate(OPS)}
+_DELTA_HEAD: dict[tuple[int, int, int], struct.Struct] = {}
+
+
+def _delta_head(page_len: int, dtype_len: int, ndim: int) -> struct.Struct:
+    st = _DELTA_HEAD.get((page_len, dtype_len, ndim))
+    if st is None:
+        st = struct.Struct(f"<BQBBBBIH{page_len}sB{dtype_len}s{ndim}Q")
+        _DELTA_HEAD[(page_len, dtype_len, ndim)] = st
+    return st
+
+
+def delta_body(seq: int, delta: Delta) -> bytes:
+    """Body of a DELTA record for ``delta`` (its leaves are copied to the host)."""
+    values = np.asarray(delta.values)
+    dtype_raw = _dtype_bytes(values.dtype)
+    kind = _KIND_CODE.get(delta.kind)
+    op = _OP_CODE.get(delta.op)
+    if kind is None or op is None:
+        raise FormatError(f"cannot encode delta kind {delta.kind!r} / op {delta.op!r}")
+    shape = values.shape
+    if len(shape) > MAX_NDIM or (shape and max(shape) >= MAX_DIM):
+        raise FormatError(f"delta values shape {shape} exceeds the format caps")
+    if not 1 <= delta.count < 2**32:
+        raise FormatError(f"delta count {delta.count} outside 1..2^32-1")
+    page = _name_bytes(delta.page, "page name")
+    parts: list[Any] = [b""]
+    mask_enc = MASK_NONE
+    if kind == 0:  # rows
+        if not shape:
+            raise FormatError("rows delta with scalar values")
+        idx = np.asarray(delta.indices)
+        if idx.shape != (shape[0],):
+            raise FormatError(f"rows delta: {idx.shape} indices for {shape[0]} rows")
+        parts.append(_le_bytes(idx.astype("<i4", copy=False)))
+    elif kind == 1:  # masked
+        mask = np.asarray(delta.mask)
+        if mask.dtype != np.bool_ or mask.shape != shape:
+            raise FormatError("masked delta: mask must be bool with the values' shape")
+        parts.append(np.packbits(mask.reshape(-1), bitorder="little").tobytes())
+        mask_enc = MASK_BITS
+    parts.append(_le_bytes(values))
+    parts[0] = _delta_head(len(page), len(dtype_raw), len(shape)).pack(
+        DELTA, seq, kind, op, mask_enc, len(shape), delta.count, len(page), page,
+        len(dtype_raw), dtype_raw, *shape)
+    body = b"".join(parts)
+    if len(body) > MAX_RECORD_BODY:
+        raise FormatError(f"delta on {delta.page!r} encodes to {len(body)} bytes, over the "
+                          f"{MAX_RECORD_BODY}-byte record cap; split it into smaller deltas")
+    return body
+
+
+def derived_body(seq: int, names: Sequence[str]) -> bytes:
+    """Body of a DERIVED record listing ``names`` (derived pages recomputed in the txn)."""
+    names = list(names)
+    if len(names) >= 2**16:
+        raise FormatError(f"{len(names)} derived names exceed the u16 count")
+    parts = [_BODY_PREFIX.pack(DERIVED, seq), struct.pack("<H", len(names))]
+    for n in names:
+        raw = _name_bytes(n, "derived page name")
+        parts += [struct.pack("<H", len(raw)), raw]
+    return b"".join(parts)
+
+
+def commit_body(seq: int, n_records: int, txn_crc: int, timestamp_ns: int) -> bytes:
+    """Body of a COMMIT record (exactly 25 bytes)."""
+    return _COMMIT.pack(COMMIT, seq, n_records, txn_crc, timestamp_ns)
+
+
+def transaction_bodies(seq: int, deltas: Sequence[Delta], derived: Sequence[str] = (),
+                       timestamp_ns: int = 0) -> list[bytes]:
+    """The record bodies of one transaction: its DELTAs, an optional DERIVED, then COMMIT."""
+    bodies = [delta_body(seq, d) for d in deltas]
+    if derived:
+        bodies.append(derived_body(seq, derived))
+    txn_crc = 0
+    for b in bodies:
+        txn_crc = crc32c(b, txn_crc)
+    bodies.append(commit_body(seq, len(bodies), txn_crc, timestamp_ns))
+    return bodies
+
+
+def frame(salt: int, body: bytes) -> bytes:
+    """``u32 length · u32 crc32c(salt · length · body) · body``."""
+    n = len(body)
+    if not MIN_RECORD_BODY <= n <= MAX_RECORD_BODY:
+        raise FormatError(f"record body of {n} bytes outside the caps")
+    crc = _crc_extend(_crc_extend(0, _REC.pack(salt, n)), body)
+    return _REC.pack(n, crc) + body
+
+
+def frame_all(salt: int, bodies: Sequence[bytes]) -> bytes:
+    """The framed records of ``bodies``, concatenated (one transaction, one write)."""
+    parts = []
+    for body in bodies:
+        n = len(body)
+        if not MIN_RECORD_BODY <= n <= MAX_RECORD_BODY:
+            raise FormatError(f"record body of {n} bytes outside the caps")
+        parts.append(_REC.pack(n, _crc_extend(_crc_extend(0, _REC.pack(salt, n)), body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+def encode_transaction(salt: int, seq: int, deltas: Sequence[Delta], derived: Sequence[str] = (),
+                       timestamp_ns: int = 0) -> bytes:
+    """The framed bytes of one transaction, as a writer appends them."""
+    return frame_all(salt, transaction_bodies(seq, deltas, derived, timestamp_ns))
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """A parsed record.
+
+    Attributes:
+      type: ``SCHEMA | DELTA | DERIVED | COMMIT``.
+      seq: the record's seq.
+      value: SCHEMA: ``(Schema, graph dict)``; DELTA: a :class:`Delta` with numpy leaves (views
+        of the segment bytes); DERIVED: ``tuple[str, ...]``; COMMIT: ``(n_records, txn_crc,
+        timestamp_ns)``.
+    """
+
+    type: int
+    seq: int
+    value: Any
+
+
+class _Reader:
+    """Bounds-checked cursor over one record body."""
+
+    __slots__ = ("buf", "end", "pos")
+
+    def __init__(self, buf: memoryview, pos: int = 0):
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf)
+
+    def left(self) -> int:
+        return self.end - self.pos
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or n > self.left():
+            raise FormatError(f"{what}: needs {n} bytes, {self.left()} left in the record")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, st: struct.Struct, what: str) -> tuple:
+        return st.unpack(self.take(st.size, what))
+
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+
+
+def _name(r: _Reader, size: struct.Struct, what: str) -> str:
+    (n,) = r.unpack(size, what + " length")
+    if not 1 <= n <= MAX_NAME:
+        raise FormatError(f"{what} length {n} outside 1..{MAX_NAME}")
+    try:
+        return bytes(r.take(n, what)).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{what} is not UTF-8") from e
+
+
+def _decode_dtype(raw: bytes) -> np.dtype:
+    try:
+        name = raw.decode("ascii")
+        dt = np.dtype(jnp.dtype(name))
+    except (UnicodeDecodeError, TypeError) as e:
+        raise FormatError(f"unknown dtype {raw!r}") from e
+    if dt.name != name or dt.hasobject or dt.itemsize == 0:
+        raise FormatError(f"unsupported dtype {raw!r}")
+    return dt
+
+
+def _array(r: _Reader, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
+    n = 1
+    for s in shape:
+        n *= s
+    raw = r.take(n * dtype.itemsize, what)
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1
+                        and dtype.kind in "iufc" else dtype, count=n)
+    if dtype == np.bool_ and n and np.frombuffer(raw, np.uint8).max() > 1:
+        raise FormatError(f"{what}: bool bytes other than 0/1")
+    return arr.reshape(shape)
+
+
+def _parse_delta(r: _Reader) -> Delta:
+    kind_i, op_i, mask_enc, ndim, count = r.unpack(_DELTA_FIXED, "delta header")
+    if kind_i >= len(KINDS):
+        raise FormatError(f"unknown delta kind {kind_i}")
+    if op_i >= len(OPS):
+        raise FormatError(f"unknown delta op {op_i}")
+    kind = KINDS[kind_i]
+    if ndim > MAX_NDIM:
+        raise FormatError(f"ndim {ndim} over the cap {MAX_NDIM}")
+    if count < 1:
+        raise FormatError("delta count 0")
+    want_mask = MASK_BITS if kind == "masked" else MASK_NONE
+    if mask_enc != want_mask:
+        raise FormatError(f"mask encoding {mask_enc} invalid for a {kind} delta")
+    page = _name(r, _U16, "page name")
+    (dlen,) = r.unpack(_U8, "dtype length")
+    if not 1 <= dlen <= MAX_DTYPE_NAME:
+        raise FormatError(f"dtype name length {dlen} outside 1..{MAX_DTYPE_NAME}")
+    dtype = _decode_dtype(bytes(r.take(dlen, "dtype name")))
+    shape = r.unpack(struct.Struct(f"<{ndim}Q"), "shape")
+    if any(s >= MAX_DIM for s in shape):
+        raise FormatError(f"dimension in {shape} over the cap 2^40")
+    indices = mask = None
+    if kind == "rows":
+        if ndim < 1:
+            raise FormatError("rows delta with scalar values")
+        indices = _array(r, np.dtype("<i4"), (shape[0],), "indices")
+    elif kind == "masked":
+        n = 1
+        for s in shape:
+            n *= s
+        packed = np.frombuffer(r.take((n + 7) // 8, "mask"), np.uint8)
+        if n % 8 and packed.size and packed[-1] >> (n % 8):
+            raise FormatError("mask padding bits are not zero")
+        mask = np.unpackbits(packed, count=n, bitorder="little").astype(bool).reshape(shape)
+    values = _array(r, dtype, tuple(shape), "values")
+    return Delta(indices=indices, mask=mask, values=values, page=page, kind=kind,
+                 op=OPS[op_i], count=count)
+
+
+def parse_body(body: memoryview | bytes) -> Record:
+    """Parse one record body (after its framing was checked).
+
+    Raises:
+      FormatError: unknown type, a length field over its cap or over the bytes left, bad
+        names, dtypes, JSON, or trailing bytes.
+    """
+    r = _Reader(memoryview(body))
+    rtype, seq = r.unpack(_BODY_PREFIX, "record prefix")
+    if rtype == SCHEMA:
+        raw = bytes(r.take(r.left(), "schema json"))
+        if len(raw) > MAX_SCHEMA_JSON:
+            raise FormatError("schema JSON over the cap")
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+            if not isinstance(doc, dict) or set(doc) != {"schema", "graph"}:
+                raise FormatError("schema record JSON must have exactly 'schema' and 'graph'")
+            if not isinstance(doc["graph"], dict):
+                raise FormatError("schema record 'graph' must be an object")
+            value: Any = (Schema.from_json(doc["schema"]), doc["graph"])
+        except (UnicodeDecodeError, json.JSONDecodeError, SchemaError) as e:
+            raise FormatError(f"bad schema record: {e}") from e
+    elif rtype == DELTA:
+        value = _parse_delta(r)
+    elif rtype == DERIVED:
+        (n,) = r.unpack(_U16, "derived count")
+        value = tuple(_name(r, _U16, "derived page name") for _ in range(n))
+    elif rtype == COMMIT:
+        value = r.unpack(struct.Struct("<IIQ"), "commit fields")
+    else:
+        raise FormatError(f"unknown record type {rtype}")
+    if r.left():
+        raise FormatError(f"{r.left()} trailing bytes in a {RECORD_NAMES[rtype]} record")
+    return Record(rtype, seq, value)
+
+
+def _check_frame(buf: memoryview, pos: int, salt: int) -> tuple[int, str]:
+    """``(body_length, "")`` if a well-framed record starts at ``pos``, else ``(0, reason)``."""
+    left = len(buf) - pos
+    if left < REC_HEADER_SIZE:
+        return 0, f"truncated record header ({left} bytes)"
+    length, crc = _REC.unpack_from(buf, pos)
+    if not MIN_RECORD_BODY <= length <= MAX_RECORD_BODY:
+        return 0, f"record length {length} outside {MIN_RECORD_BODY}..{MAX_RECORD_BODY}"
+    if length > left - REC_HEADER_SIZE:
+        return 0, f"record length {length} exceeds the {left - REC_HEADER_SIZE} bytes left"
+    body = np.frombuffer(buf, np.uint8, length, pos + REC_HEADER_SIZE)
+    if crc32c(body, crc32c(_U32.pack(salt) + buf[pos:pos + 4].tobytes())) != crc:
+        return 0, "record CRC mismatch"
+    return length, ""
+
+
+def iter_records(buf: bytes | memoryview, start: int, end: int, salt: int
+                 ) -> Iterator[tuple[int, int, Record]]:
+    """Yield ``(offset, end_offset, Record)`` for the records in ``buf[start:end]``.
+
+    For reading a range already validated by :func:`scan_segment`; a bad record still raises
+    :class:`FormatError` (the file changed underneath).
+    """
+    view = memoryview(buf)[:end]
+    pos = start
+    while pos < end:
+        length, why = _check_frame(view, pos, salt)
+        if not length:
+            raise FormatError(f"offset {pos}: {why}")
+        body_at = pos + REC_HEADER_SIZE
+        rec = parse_body(view[body_at:body_at + length])
+        yield pos, body_at + length, rec
+        pos = body_at + length
+
+
+@dataclasses.dataclass(frozen=True)
+class Transaction:
+    """One committed transaction as read back from a log.
+
+    Attributes:
+      seq: its commit sequence number (1, 2, ...).
+      deltas: its deltas in commit order (numpy leaves).
+      derived: names listed in its DERIVED record (derived pages recomputed), else ``()``.
+      timestamp_ns: wall-clock commit time in ns since the Unix epoch (informational).
+    """
+
+    seq: int
+    deltas: tuple[Delta, ...]
+    derived: tuple[str, ...] = ()
+    timestamp_ns: int = 0
+
+
+# -- scanning a segment ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TxnInfo:
+    """Where one complete transaction lies in a segment and what it touches."""
+
+    seq: int
+    offset: int
+    end: int
+    pages: tuple[str, ...]
+    n_deltas: int
+    derived: tuple[str, ...]
+    timestamp_ns: int
+
+
+@dataclasses.dataclass
+class SegmentScan:
+    """The result of :func:`scan_segment`.
+
+    Attributes:
+      size: bytes in the segment.
+      header: the parsed header, or None if it is missing or bad.
+      schema, graph: from the SCHEMA record (None if missing or bad).
+      txns: the complete, valid transactions in order.
+      good_end: end offset of the valid prefix: after the last complete transaction, or after
+        the SCHEMA record, or 0 if the header or schema record is bad.
+      bad_offset: offset of the first bad record (None if the segment is clean up to its end).
+      reason: why the record at ``bad_offset`` is bad.
+      valid_after_bad: whether a valid record (or a non-zero complete header) follows the bad
+        one, i.e. the damage is corruption and not a torn tail.
+    """
+
+    size: int
+    header: SegmentHeader | None = None
+    schema: Schema | None = None
+    graph: dict[str, Any] | None = None
+    txns: list[TxnInfo] = dataclasses.field(default_factory=list)
+    good_end: int = 0
+    bad_offset: int | None = None
+    reason: str = ""
+    valid_after_bad: bool = False
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last complete transaction (``base_seq`` if there is none)."""
+        if self.txns:
+            return self.txns[-1].seq
+        return self.header.base_seq if self.header else 0
+
+    @property
+    def clean(self) -> bool:
+        """True when every byte belongs to the valid prefix."""
+        return self.bad_offset is None
+
+
+_SCAN_CHUNK = 1 << 22
+
+
+def _gather_le(a: np.ndarray, idx: np.ndarray, nbytes: int) -> np.ndarray:
+    out = np.zeros(idx.shape, np.uint64)
+    for k in range(nbytes):
+        out |= a[idx + k].astype(np.uint64) << np.uint64(8 * k)
+    return out
+
+
+def find_valid_record(buf: bytes | memoryview, start: int, salt: int, lo_seq: int) -> int | None:
+    """Offset of the first position ``>= start`` holding a valid record, or None.
+
+    A candidate needs a length within the caps and the bytes left, a known type, a seq in
+    ``[lo_seq, lo_seq + remaining // 33 + 2]`` (no later transaction can have a larger one) and a
+    matching salted CRC. The cheap tests are vectorised with numpy, so the scan is linear.
+    """
+    view = memoryview(buf)
+    n = len(view)
+    a = np.frombuffer(view, np.uint8)
+    last = n - REC_HEADER_SIZE - MIN_RECORD_BODY
+    hi_seq = lo_seq + (n - start) // _COMMIT_RECORD_SIZE + 2
+    for lo in range(start, last + 1, _SCAN_CHUNK):
+        hi = min(last + 1, lo + _SCAN_CHUNK)
+        types = a[lo + REC_HEADER_SIZE:hi + REC_HEADER_SIZE]
+        cand = np.nonzero((types >= SCHEMA) & (types <= COMMIT))[0].astype(np.int64) + lo
+        if not cand.size:
+            continue
+        seq = _gather_le(a, cand + REC_HEADER_SIZE + 1, 8)
+        cand = cand[(seq >= np.uint64(lo_seq)) & (seq <= np.uint64(hi_seq))]
+        if not cand.size:
+            continue
+        length = _gather_le(a, cand, 4).astype(np.int64)
+        ok = ((length >= MIN_RECORD_BODY) & (length <= MAX_RECORD_BODY)
+              & (length <= n - cand - REC_HEADER_SIZE))
+        for p in cand[ok]:
+            if _check_frame(view, int(p), salt)[0]:
+                return int(p)
+    return None
+
+
+def scan_segment(buf: bytes | memoryview, *, expected_segment: int | None = None,
+                 expected_base_seq: int | None = None) -> SegmentScan:
+    """Validate one segment and find its longest valid prefix of whole transactions.
+
+    Checks the header, the framing and payload of every record, and the transaction grammar
+    (SCHEMA first; DELTA/DERIVED records and their COMMIT share the next seq; COMMIT's record
+    count and transaction CRC match). Stops at the first bad record and scans ahead for valid
+    data to tell corruption from a torn tail (``docs/format.md`` section 3).
+
+    Args:
+      buf: the segment's bytes.
+      expected_segment: the number from the file name (checked against the header).
+      expected_base_seq: the previous segment's last seq (checked against the header).
+
+    Raises:
+      FormatError: the header is valid but of an unsupported version (not corruption).
+    """
+    view = memoryview(buf)
+    n = len(view)
+    out = SegmentScan(size=n)
+    if n < HEADER_SIZE:
+        out.bad_offset, out.reason = 0, f"truncated header ({n} bytes)"
+        return out
+    try:
+        header = decode_header(view[:HEADER_SIZE].tobytes())
+    except UnsupportedFormatError:
+        raise
+    except FormatError as e:
+        out.bad_offset, out.reason = 0, str(e)
+        out.valid_after_bad = bool(np.frombuffer(view, np.uint8).any())
+        return out
+    problem = ""
+    if expected_segment is not None and header.segment != expected_segment:
+        problem = f"header segment {header.segment} != file number {expected_segment}"
+    elif expected_base_seq is not None and header.base_seq != expected_base_seq:
+        problem = f"header base_seq {header.base_seq} != previous segment end {expected_base_seq}"
+    if problem:
+        out.bad_offset, out.reason, out.valid_after_bad = 0, problem, True
+        return out
+    out.header = header
+    salt = header.salt
+    committed = header.base_seq
+    pos = HEADER_SIZE
+    txn_start = pos
+    pending: list[Record] = []
+    pending_crc = 0
+    have_schema = False
+
+    def fail(at: int, why: str) -> SegmentScan:
+        out.bad_offset, out.reason = at, why
+        out.valid_after_bad = find_valid_record(view, at + 1, salt, committed) is not None
+        return out
+
+    while pos < n:
+        length, why = _check_frame(view, pos, salt)
+        if not length:
+            return fail(pos, why)
+        body_at = pos + REC_HEADER_SIZE
+        body = view[body_at:body_at + length]
+        try:
+            rec = parse_body(body)
+        except FormatError as e:
+            return fail(pos, str(e))
+        end = body_at + length
+        if not have_schema:
+            if rec.type != SCHEMA or rec.seq != header.base_seq:
+                return fail(pos, "segment does not start with its SCHEMA record")
+            out.schema, out.graph = rec.value
+            have_schema = True
+            out.good_end = txn_start = end
+        elif rec.type == SCHEMA:
+            return fail(pos, "SCHEMA record inside a segment")
+        elif rec.seq != committed + 1:
+            return fail(pos, f"seq {rec.seq} where {committed + 1} was expected")
+        elif rec.type == COMMIT:
+            n_records, txn_crc, ts = rec.value
+            if n_records != len(pending) or txn_crc != pending_crc:
+                return fail(pos, f"COMMIT {rec.seq} does not match its {len(pending)} records")
+            deltas = [p.value for p in pending if p.type == DELTA]
+            derived = next((p.value for p in pending if p.type == DERIVED), ())
+            out.txns.append(TxnInfo(seq=rec.seq, offset=txn_start, end=end,
+                                    pages=tuple(dict.fromkeys(d.page for d in deltas)),
+                                    n_deltas=len(deltas), derived=derived, timestamp_ns=ts))
+            committed = rec.seq
+            pending, pending_crc = [], 0
+            out.good_end = txn_start = end
+        else:
+            if rec.type == DERIVED and any(p.type == DERIVED for p in pending):
+                return fail(pos, "two DERIVED records in one transaction")
+            pending.append(rec)
+            pending_crc = crc32c(body, pending_crc)
+        pos = end
+    if not have_schema:
+        out.bad_offset, out.reason = HEADER_SIZE, "segment has no SCHEMA record"
+    elif pending:
+        out.bad_offset, out.reason = txn_start, "incomplete transaction (no COMMIT)"
+    return out

@@ -1,0 +1,297 @@
+"""Replay: rebuild a State from a log, one jitted ``lax.scan`` per run of same-shaped commits.
+
+The live commit path (:func:`apply_transaction`, used by the Bus) and replay apply a
+transaction with the *same* traced function, ``apply_batch`` over the transaction's deltas, so
+``restore(checkpoint) + replay(log suffix)`` equals the live state bit for bit (same backend and
+JAX version): replay only wraps that function in a scan over stacked transactions.
+
+Transactions whose deltas have the same structure (pages, kinds, ops, counts, shapes and dtypes)
+form a *run*. A run of length ``L`` is applied as a few scans whose lengths are the powers of two
+in ``L``'s binary expansion (at most ``max_chunk`` each), so a structure compiles at most
+``log2(max_chunk) + 1`` times however long the log is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax import lax
+
+from mmsb_jax.core.delta import PADDING, Delta, apply_batch, validate
+from mmsb_jax.core.pages import State
+from mmsb_jax.errors import IndexOutOfRangeError, StoreError, UnknownPageError
+from mmsb_jax.store.format import Transaction
+
+__all__ = ["apply_transaction", "replay", "replay_with_seq", "txn_structure"]
+
+DEFAULT_MAX_CHUNK = 1024
+DEFAULT_CHUNK_BYTES = 64 << 20
+PROGRESS_MIN_TXNS = 2000
+
+
+def _txn_apply_impl(pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
+                    deltas: list[Delta]):
+    out = apply_batch(State(pages=pages, epochs=epochs), deltas)
+    return dict(out.pages), dict(out.epochs)
+
+
+_txn_apply = jax.jit(_txn_apply_impl)
+
+
+def _scan_impl(pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
+               stacked: list[Delta]):
+    def body(carry, deltas):
+        return _txn_apply_impl(carry[0], carry[1], deltas), None
+
+    (pages, epochs), _ = lax.scan(body, (pages, epochs), stacked)
+    return pages, epochs
+
+
+_scan = jax.jit(_scan_impl)
+
+
+def _touched(deltas: Sequence[Delta]) -> list[str]:
+    return list(dict.fromkeys(d.page for d in deltas))
+
+
+def _check_pages(state: State, deltas: Sequence[Delta]) -> None:
+    for d in deltas:
+        if not isinstance(d, Delta):
+            raise TypeError(f"expected a Delta, got {type(d).__name__}")
+        if d.page not in state.pages:
+            raise UnknownPageError(d.page, tuple(state.pages))
+        validate(d, state.pages[d.page])
+
+
+def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = True) -> State:
+    """Apply one transaction exactly as the Bus commits it (and as :func:`replay` does).
+
+    Equivalent to ``mm.apply_batch(state, deltas)`` (same merge, same order), run as one jitted
+    function over the touched pages only, so the result is bit-identical to the scan body that
+    replays the transaction.
+
+    Args:
+      state: the current State.
+      deltas: the transaction's deltas, in order.
+      check: validate the deltas against the state first (typed errors, nothing changes).
+
+    Returns:
+      The new State; pages not touched are shared with ``state``.
+    """
+    deltas = list(deltas)
+    if not deltas:
+        return state
+    if check:
+        _check_pages(state, deltas)
+    names = _touched(deltas)
+    pages, epochs = _txn_apply({n: state.pages[n] for n in names},
+                               {n: state.epochs[n] for n in names}, deltas)
+    return state.with_pages(pages, epochs)
+
+
+def txn_structure(deltas: Sequence[Delta]) -> tuple:
+    """A hashable key: transactions with equal keys stack into one scan."""
+    key = []
+    for d in deltas:
+        leaves = tuple(None if x is None else (tuple(np.shape(x)), np.dtype(x.dtype).str)
+                       for x in (d.indices, d.mask, d.values))
+        key.append((d.page, d.kind, d.op, d.count, leaves))
+    return tuple(key)
+
+
+def _txn_nbytes(deltas: Sequence[Delta]) -> int:
+    total = 0
+    for d in deltas:
+        for x in (d.indices, d.mask, d.values):
+            if x is not None:
+                total += int(np.prod(np.shape(x), dtype=np.int64)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def _stack(txns: Sequence[Sequence[Delta]]) -> list[Delta]:
+    """Stack the j-th delta of every transaction: leaves ``[L, ...]`` (equal structure)."""
+    out = []
+    for j, d in enumerate(txns[0]):
+        leaves = {}
+        for field in ("indices", "mask", "values"):
+            leaves[field] = (None if getattr(d, field) is None else
+                             np.stack([np.asarray(getattr(t[j], field)) for t in txns]))
+        out.append(Delta(**leaves, page=d.page, kind=d.kind, op=d.op, count=d.count))
+    return out
+
+
+def _check_run(state: State, txns: Sequence[Sequence[Delta]], stacked: list[Delta]) -> None:
+    """Validate a run: shapes/dtypes once (equal structure), row ranges on the stacked indices."""
+    _check_pages(state, txns[0])
+    for d in stacked:
+        if d.kind == "rows" and d.indices.size:
+            n = state.pages[d.page].shape[0]
+            lo, hi = int(d.indices.min()), int(d.indices.max())
+            if lo < PADDING or hi >= n:
+                raise IndexOutOfRangeError(
+                    f"logged rows delta on {d.page!r}: indices outside [-1, {n})")
+
+
+class _Runner:
+    """Applies transactions to a State, batching runs of equal structure into scans."""
+
+    def __init__(self, state: State, *, max_chunk: int, chunk_bytes: int, check: bool):
+        self.state = state
+        self.max_chunk = max(1, int(max_chunk))
+        self.chunk_bytes = int(chunk_bytes)
+        self.check = check
+        self.key: tuple | None = None
+        self.limit = 1
+        self.buffer: list[Sequence[Delta]] = []
+
+    def add(self, deltas: Sequence[Delta]) -> None:
+        if not deltas:
+            return
+        key = txn_structure(deltas)
+        if key != self.key:
+            self.flush()
+            self.key = key
+            per = max(1, _txn_nbytes(deltas))
+            cap = max(1, min(self.max_chunk, self.chunk_bytes // per))
+            self.limit = 1 << (cap.bit_length() - 1)
+        self.buffer.append(deltas)
+        if len(self.buffer) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        buf, self.buffer = self.buffer, []
+        start = 0
+        while start < len(buf):
+            size = 1 << ((len(buf) - start).bit_length() - 1)
+            self._apply_chunk(buf[start:start + size])
+            start += size
+
+    def _apply_chunk(self, txns: Sequence[Sequence[Delta]]) -> None:
+        state = self.state
+        stacked = _stack(txns) if len(txns) > 1 else None
+        if self.check:
+            if stacked is None:
+                _check_pages(state, txns[0])
+            else:
+                _check_run(state, txns, stacked)
+        names = _touched(txns[0])
+        pages = {n: state.pages[n] for n in names}
+        epochs = {n: state.epochs[n] for n in names}
+        if stacked is None:
+            pages, epochs = _txn_apply(pages, epochs, list(txns[0]))
+        else:
+            pages, epochs = _scan(pages, epochs, stacked)
+        self.state = state.with_pages(pages, epochs)
+
+
+def _as_transactions(log: Any, after_seq: int, to_seq: int | None
+                     ) -> tuple[Iterator[Transaction], int | None, Any]:
+    """``(iterator, total or None, closer)`` for a TLog, a path, or an iterable."""
+    from mmsb_jax.store.tlog import TLog
+
+    if isinstance(log, TLog):
+        last = log.last_seq if to_seq is None else min(to_seq, log.last_seq)
+        return log.transactions(after_seq, to_seq), max(0, last - after_seq), None
+    if isinstance(log, str | os.PathLike):
+        from pathlib import Path
+
+        p = Path(log)
+        if (p / "log").is_dir():
+            p = p / "log"
+        tl = TLog.open(p, readonly=True)
+        last = tl.last_seq if to_seq is None else min(to_seq, tl.last_seq)
+        return tl.transactions(after_seq, to_seq), max(0, last - after_seq), tl
+
+    def gen() -> Iterator[Transaction]:
+        for t in log:
+            if isinstance(t, Transaction):
+                seq, deltas = t.seq, t.deltas
+            else:
+                seq, deltas = t
+                deltas = list(deltas)
+                t = Transaction(int(seq), tuple(deltas))
+            if seq <= after_seq:
+                continue
+            if to_seq is not None and seq > to_seq:
+                return
+            yield t
+
+    total = len(log) if hasattr(log, "__len__") else None
+    return gen(), total, None
+
+
+def replay_with_seq(state: State, log: Any, *, after_seq: int = 0, to_seq: int | None = None,
+                    check: bool = True, progress: bool | None = None,
+                    max_chunk: int = DEFAULT_MAX_CHUNK,
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[State, int]:
+    """Like :func:`replay`, also returning the seq of the last transaction applied.
+
+    Returns ``(state, after_seq)`` unchanged when there is nothing to apply.
+    """
+    after_seq = int(after_seq)
+    txns, total, closer = _as_transactions(log, after_seq, to_seq)
+    runner = _Runner(state, max_chunk=max_chunk, chunk_bytes=chunk_bytes, check=check)
+    if progress is None:
+        progress = bool(total and total >= PROGRESS_MIN_TXNS and sys.stderr.isatty())
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="txn", desc="replay", leave=False)
+    seq = after_seq
+    try:
+        for t in txns:
+            if t.seq != seq + 1:
+                raise StoreError(f"transaction {t.seq} follows seq {seq}: seqs must be "
+                                 "consecutive (is after_seq right?)")
+            seq = t.seq
+            runner.add(t.deltas)
+            if bar is not None:
+                bar.update(1)
+        runner.flush()
+    finally:
+        if bar is not None:
+            bar.close()
+        if closer is not None:
+            closer.close()
+    return runner.state, seq
+
+
+def replay(state: State, log: Any, *, after_seq: int = 0, to_seq: int | None = None,
+           check: bool = True, progress: bool | None = None,
+           max_chunk: int = DEFAULT_MAX_CHUNK, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> State:
+    """Apply the transactions ``after_seq < seq <= to_seq`` of a log to ``state``.
+
+    Runs of consecutive transactions with the same structure are stacked (``[L, ...]`` leaves)
+    and applied by one jitted ``lax.scan`` per power-of-two chunk; each transaction is applied
+    exactly as :func:`apply_transaction` (the Bus commit path) applies it, so the result is
+    bit-identical to committing the same transactions live, epochs included.
+
+    Args:
+      state: the State as of ``after_seq`` (e.g. restored from the checkpoint at that seq, or
+        ``init_state(schema)`` for ``after_seq=0``).
+      log: a :class:`~mmsb_jax.store.TLog`, a path (log or bus directory, read-only), or an
+        iterable of :class:`Transaction` or ``(seq, [Delta, ...])`` pairs in seq order.
+      after_seq: skip transactions with ``seq <= after_seq``.
+      to_seq: stop after this seq (default: the end of the log).
+      check: validate deltas against the state (dtype, shape, row range) before applying.
+      progress: show a tqdm bar (default: when stderr is a terminal and the log is long).
+      max_chunk: the longest scan (a power of two is used).
+      chunk_bytes: cap on the stacked delta bytes of one scan.
+
+    Returns:
+      The State after the last transaction replayed.
+
+    Raises:
+      StoreError: seqs are not consecutive. UnknownSeqError: ``after_seq`` precedes the log.
+      UnknownPageError / DTypeError / ShapeError / IndexOutOfRangeError: a logged delta does
+      not fit the state.
+    """
+    return replay_with_seq(state, log, after_seq=after_seq, to_seq=to_seq, check=check,
+                           progress=progress, max_chunk=max_chunk, chunk_bytes=chunk_bytes)[0]
+

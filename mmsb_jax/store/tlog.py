@@ -1,0 +1,828 @@
+"""The durable transaction log: segment files, the writer lock, sync policies and recovery.
+
+A log is a directory of segments ``00000001.tlog, 00000002.tlog, ...`` (byte layout in
+``docs/format.md``). One writer appends transactions to the newest segment; any number of
+readers may scan it. Opening a log for writing recovers it: a torn tail is truncated and
+reported, corruption (a bad record with valid data after it) raises
+:class:`~mmsb_jax.errors.LogCorruptError` before anything is touched.
+
+>>> import tempfile, numpy as np, mmsb_jax as mm
+>>> from mmsb_jax.store import TLog
+>>> schema = mm.Schema([mm.PageSpec("x", (4,), "int32")])
+>>> d = tempfile.mkdtemp()
+>>> with TLog.open(d, schema, sync="never") as log:
+...     nbytes = log.append(1, [mm.Delta.rows("x", np.array([1]), np.array([7], np.int32))])
+>>> with TLog.open(d, readonly=True) as log:
+...     [(t.seq, t.deltas[0].values.tolist()) for t in log.transactions()]
+[(1, [7])]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mmsb_jax.core.delta import Delta
+from mmsb_jax.core.pages import Schema
+from mmsb_jax.errors import (
+    FormatError,
+    LogCorruptError,
+    OptionError,
+    SchemaMismatchError,
+    StoreError,
+    UnknownSeqError,
+)
+from mmsb_jax.store import format as fmt
+from mmsb_jax.store.format import SegmentHeader, SegmentScan, Transaction
+
+__all__ = [
+    "DEFAULT_BATCH_COMMITS",
+    "DEFAULT_BATCH_INTERVAL_MS",
+    "DEFAULT_SEGMENT_BYTES",
+    "SYNC_POLICIES",
+    "LogScan",
+    "RecoveryReport",
+    "RepairReport",
+    "TLog",
+    "TLogInfo",
+    "read_transactions",
+    "repair",
+    "scan_log",
+    "segment_paths",
+]
+
+log = logging.getLogger("mmsb_jax.store")
+
+SYNC_POLICIES: tuple[str, ...] = ("always", "batch", "never")
+DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_BATCH_COMMITS = 64
+DEFAULT_BATCH_INTERVAL_MS = 20.0
+_SEGMENT_RE = re.compile(r"^(\d{8})\.tlog$")
+LOCK_NAME = "LOCK"
+
+
+def _segment_name(number: int) -> str:
+    return f"{number:08d}.tlog"
+
+
+def segment_paths(path: str | os.PathLike) -> list[Path]:
+    """The segment files of a log directory, in order (other files are ignored)."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    segs = [(int(m.group(1)), c) for c in p.iterdir() if (m := _SEGMENT_RE.match(c.name))]
+    return [c for _, c in sorted(segs)]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` completely (one ``os.write`` unless the kernel takes less)."""
+    n = os.write(fd, data)
+    if n == len(data):
+        return
+    view = memoryview(data)[n:]
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # pragma: no cover - os.write raises instead on Linux
+            raise OSError(errno.EIO, "short write")
+        view = view[n:]
+
+
+def _read_file(path: Path, size: int | None = None) -> bytes:
+    with open(path, "rb") as f:
+        return f.read() if size is None else f.read(size)
+
+
+# -- scanning a whole log -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Segment:
+    number: int
+    path: Path
+    base_seq: int
+    last_seq: int
+    end: int  # bytes of valid data (the file may be longer while a torn tail is pending)
+    salt: int
+
+
+@dataclasses.dataclass
+class LogScan:
+    """The state of a log directory as found on disk (see :func:`scan_log`).
+
+    Attributes:
+      path: the log directory.
+      segments: the valid segments in order (valid prefixes only).
+      scans: per-segment scan results (``SegmentScan``), parallel to the files examined.
+      schema, graph: the stored schema and graph provenance (None for an empty log).
+      cuts: ``(segment path, offset)`` to truncate to (offset 0: remove the file) so that only
+        whole valid transactions remain: a torn tail, or with ``allow_corrupt`` everything from
+        the first corruption on.
+      corrupt: the corruption found (only when ``allow_corrupt``; otherwise it is raised).
+    """
+
+    path: Path
+    segments: list[_Segment]
+    scans: list[tuple[Path, SegmentScan]]
+    schema: Schema | None
+    graph: dict[str, Any] | None
+    cuts: list[tuple[Path, int]]
+    corrupt: LogCorruptError | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last complete transaction (0 for an empty log)."""
+        return self.segments[-1].last_seq if self.segments else 0
+
+    @property
+    def first_seq(self) -> int:
+        """Seq of the first transaction the log still holds (``base_seq + 1``)."""
+        return self.segments[0].base_seq + 1 if self.segments else 1
+
+    @property
+    def bytes_to_cut(self) -> int:
+        """Total bytes the ``cuts`` would remove."""
+        total = 0
+        for path, off in self.cuts:
+            total += path.stat().st_size - off
+        return total
+
+
+def _scan_files(files: Sequence[Path], *, allow_corrupt: bool, sizes: Mapping[Path, int] | None
+                = None) -> LogScan:
+    path = files[0].parent if files else Path(".")
+    out = LogScan(path=path, segments=[], scans=[], schema=None, graph=None, cuts=[])
+    prev: _Segment | None = None
+    for i, f in enumerate(files):
+        last = i == len(files) - 1
+        number = int(_SEGMENT_RE.match(f.name).group(1)) if _SEGMENT_RE.match(f.name) else None
+        buf = _read_file(f, None if sizes is None else sizes.get(f))
+        if prev is not None and number is not None and number != prev.number + 1:
+            err = LogCorruptError(0, str(f), f"segment {prev.number + 1} is missing")
+            if not allow_corrupt:
+                raise err
+            out.corrupt = err
+            out.cuts += [(g, 0) for g in files[i:]]
+            break
+        scan = fmt.scan_segment(buf, expected_segment=number,
+                                expected_base_seq=None if prev is None else prev.last_seq)
+        out.scans.append((f, scan))
+        if (scan.schema is not None and out.schema is not None
+                and (scan.schema != out.schema or scan.graph != out.graph)):
+            scan.bad_offset, scan.reason, scan.valid_after_bad = (
+                fmt.HEADER_SIZE, "schema differs from the first segment's", True)
+            scan.good_end, scan.txns = 0, []
+        if not scan.clean and (scan.valid_after_bad or not last):
+            err = LogCorruptError(scan.bad_offset, str(f), scan.reason)
+            if not allow_corrupt:
+                raise err
+            out.corrupt = err
+        if out.schema is None and scan.schema is not None and scan.good_end:
+            out.schema, out.graph = scan.schema, scan.graph
+        if scan.good_end and scan.header is not None:
+            prev = _Segment(number=scan.header.segment, path=f, base_seq=scan.header.base_seq,
+                            last_seq=scan.last_seq, end=scan.good_end, salt=scan.header.salt)
+            out.segments.append(prev)
+        if not scan.clean:
+            out.cuts.append((f, scan.good_end))
+            if out.corrupt is not None:
+                out.cuts += [(g, 0) for g in files[i + 1:]]
+                break
+    return out
+
+
+def scan_log(path: str | os.PathLike, *, allow_corrupt: bool = False) -> LogScan:
+    """Scan every segment of the log at ``path`` (a log directory or one ``.tlog`` file).
+
+    Nothing is modified. A torn tail (damage in the newest segment with nothing valid after it)
+    is returned in ``cuts``.
+
+    Raises:
+      LogCorruptError: a bad record followed by valid data, a damaged older segment, or a gap
+        in the segment numbers (unless ``allow_corrupt``, which reports it in ``corrupt`` and
+        plans to cut everything from the damage on).
+      FormatError: a segment of an unsupported format version.
+    """
+    p = Path(path)
+    files = [p] if p.is_file() else segment_paths(p)
+    return _scan_files(files, allow_corrupt=allow_corrupt)
+
+
+# -- reports --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryReport:
+    """What opening a log for writing had to repair.
+
+    Attributes:
+      bytes_cut: bytes of torn tail removed (0 when the log was clean).
+      truncated: ``(segment path, new size)`` of the segment cut, if any.
+      removed: segment files removed entirely (a newest segment without a complete preamble).
+    """
+
+    bytes_cut: int = 0
+    truncated: tuple[str, int] | None = None
+    removed: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        """True when nothing was cut."""
+        return self.bytes_cut == 0 and not self.removed
+
+
+@dataclasses.dataclass(frozen=True)
+class RepairReport:
+    """What :func:`repair` did.
+
+    Attributes:
+      bytes_cut: total bytes removed from the log.
+      saved: ``(segment path, path of the saved copy, bytes)`` for each cut.
+      corrupt: the corruption that was repaired (None for a torn tail or a clean log).
+      last_seq: the last seq the repaired log holds.
+    """
+
+    bytes_cut: int
+    saved: tuple[tuple[str, str, int], ...]
+    corrupt: LogCorruptError | None
+    last_seq: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TLogInfo:
+    """A summary of one segment (used by ``mmsb log inspect``)."""
+
+    path: str
+    segment: int
+    base_seq: int
+    last_seq: int
+    size: int
+    txns: int
+
+
+# -- locking --------------------------------------------------------------------------------
+
+
+class _DirLock:
+    """An exclusive ``flock`` on ``DIR/LOCK``; the kernel drops it when the process dies."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(f"{directory} is in use by another writer (pid {holder}); "
+                             "each log or bus directory has one writer") from None
+        except OSError as e:  # pragma: no cover - e.g. a filesystem without flock
+            os.close(fd)
+            raise StoreError(f"cannot lock {self.path}: {e}") from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+# -- the log --------------------------------------------------------------------------------
+
+
+class TLog:
+    """An append-only, checksummed transaction log in a directory of segments.
+
+    Open with :meth:`open`. A writable log holds the directory's lock until :meth:`close`;
+    :meth:`append` writes one transaction (DELTA records, an optional DERIVED record and a
+    COMMIT) with one ``os.write``; :meth:`transactions` reads them back. Use as a context
+    manager to close it.
+
+    Sync policies: ``"always"`` fsyncs every transaction before :meth:`append` returns (and the
+    directory when a segment is created); ``"batch"`` (default) is group commit: an fsync once
+    ``batch_commits`` transactions are unsynced or ``batch_interval_ms`` after the first unsynced
+    one (a background thread), and on :meth:`sync`/:meth:`close`; ``"never"`` leaves it to the
+    OS.
+
+    Attributes:
+      path: the log directory.
+      schema: the stored schema (None for an empty read-only log).
+      graph: the stored graph provenance dict.
+      recovery: what opening had to cut (:class:`RecoveryReport`).
+      readonly: True for a reader (no lock, never modifies files).
+    """
+
+    def __init__(self, path: Path, scan: LogScan, *, sync: str, readonly: bool,
+                 segment_bytes: int, batch_commits: int, batch_interval_ms: float,
+                 lock: _DirLock | None, recovery: RecoveryReport,
+                 on_fsync: Callable[[float], None] | None):
+        self.path = path
+        self.schema: Schema | None = scan.schema
+        self.graph: dict[str, Any] = dict(scan.graph or {})
+        self.sync_policy = sync
+        self.readonly = readonly
+        self.segment_bytes = segment_bytes
+        self.batch_commits = batch_commits
+        self.batch_interval_s = batch_interval_ms / 1000.0
+        self.recovery = recovery
+        self._on_fsync = on_fsync
+        self._segments: list[_Segment] = list(scan.segments)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._dir_lock = lock
+        self._fd: int | None = None
+        self._size = 0
+        self._txn_start: int | None = None
+        self._unsynced = 0
+        self._first_unsynced = 0.0
+        self._flusher: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+        self._broken: str | None = None
+        self.fsyncs = 0
+
+    # -- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, schema: Schema | None = None, *,
+             graph: Mapping[str, Any] | None = None, sync: str = "batch",
+             readonly: bool = False, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+             batch_commits: int = DEFAULT_BATCH_COMMITS,
+             batch_interval_ms: float = DEFAULT_BATCH_INTERVAL_MS,
+             on_fsync: Callable[[float], None] | None = None) -> TLog:
+        """Open (and for a writer recover, or create) the log in directory ``path``.
+
+        Args:
+          path: the log directory (created, mode 0700, for a writer).
+          schema: required to create a new log; if the log exists it must equal the stored
+            schema.
+          graph: graph provenance stored in the SCHEMA record of a new log.
+          sync: ``"always" | "batch" | "never"``.
+          readonly: open as a reader: no lock, no repair; a torn tail is ignored.
+          segment_bytes: roll to a new segment when the next transaction would pass this size.
+          batch_commits: ``batch`` policy: fsync after this many unsynced transactions.
+          batch_interval_ms: ``batch`` policy: fsync this long after the first unsynced one.
+          on_fsync: called with each fsync's duration in seconds (telemetry).
+
+        Raises:
+          OptionError: a bad option. StoreError: the directory is locked by another live
+          writer, or a new log without a schema. SchemaMismatchError: ``schema`` differs from
+          the stored one. LogCorruptError: corruption (nothing is modified).
+        """
+        if sync not in SYNC_POLICIES:
+            raise OptionError(f"sync must be one of {SYNC_POLICIES}, got {sync!r}")
+        if int(segment_bytes) < fmt.HEADER_SIZE or int(batch_commits) < 1:
+            raise OptionError("segment_bytes must be >= 40 and batch_commits >= 1")
+        if not float(batch_interval_ms) > 0:
+            raise OptionError("batch_interval_ms must be positive")
+        if schema is not None and not isinstance(schema, Schema):
+            raise OptionError(f"schema must be a Schema, got {type(schema).__name__}")
+        p = Path(path)
+        if readonly:
+            if not p.exists():
+                raise StoreError(f"no log at {p}")
+            scan = scan_log(p)
+            return cls(p, scan, sync=sync, readonly=True, segment_bytes=int(segment_bytes),
+                       batch_commits=int(batch_commits),
+                       batch_interval_ms=float(batch_interval_ms), lock=None,
+                       recovery=RecoveryReport(), on_fsync=on_fsync)
+        if p.exists() and not p.is_dir():
+            raise StoreError(f"{p} is not a directory")
+        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = _DirLock(p)
+        try:
+            scan = scan_log(p)
+            if scan.schema is not None and schema is not None and scan.schema != schema:
+                raise SchemaMismatchError(
+                    f"schema given for {p} differs from the stored one:\n  given:  {schema}\n"
+                    f"  stored: {scan.schema}")
+            if scan.schema is None and schema is None:
+                raise StoreError(f"{p} holds no log yet; a schema is needed to create it")
+            recovery = _apply_cuts(p, scan) if scan.cuts else RecoveryReport()
+            if recovery.bytes_cut or recovery.removed:
+                scan = scan_log(p)
+            tlog = cls(p, scan, sync=sync, readonly=False, segment_bytes=int(segment_bytes),
+                       batch_commits=int(batch_commits),
+                       batch_interval_ms=float(batch_interval_ms), lock=lock,
+                       recovery=recovery, on_fsync=on_fsync)
+            if not tlog._segments:
+                tlog.schema = schema
+                tlog.graph = dict(graph or {})
+                tlog._create_segment(1, 0)
+            else:
+                tlog._open_newest()
+            return tlog
+        except BaseException:
+            lock.release()
+            raise
+
+    def _open_newest(self) -> None:
+        seg = self._segments[-1]
+        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        self._size = os.fstat(self._fd).st_size
+        if self._size != seg.end:  # pragma: no cover - recovery cut the file to seg.end
+            raise StoreError(f"{seg.path}: size {self._size} != recovered end {seg.end}")
+
+    def _create_segment(self, number: int, base_seq: int) -> None:
+        salt = int.from_bytes(os.urandom(4), "little")
+        header = fmt.encode_header(SegmentHeader(number, salt, base_seq))
+        pre = header + fmt.frame(salt, fmt.schema_body(base_seq, self.schema, self.graph))
+        path = self.path / _segment_name(number)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot create segment {path}: {e}") from e
+        try:
+            _write_all(fd, pre)
+            if self.sync_policy != "never":
+                self._timed_fsync(fd)
+                _fsync_dir(self.path)
+        except OSError as e:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise StoreError(f"cannot write segment {path}: {e}") from e
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+        self._size = len(pre)
+        self._segments.append(_Segment(number=number, path=path, base_seq=base_seq,
+                                        last_seq=base_seq, end=len(pre), salt=salt))
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last transaction in the log (0 if none)."""
+        return self._segments[-1].last_seq if self._segments else 0
+
+    @property
+    def first_seq(self) -> int:
+        """Seq of the first transaction still held (greater than 1 after pruning)."""
+        return self._segments[0].base_seq + 1 if self._segments else 1
+
+    @property
+    def segments(self) -> list[Path]:
+        """Paths of the segments, oldest first."""
+        return [s.path for s in self._segments]
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def info(self) -> list[TLogInfo]:
+        """A summary per segment."""
+        return [TLogInfo(str(s.path), s.number, s.base_seq, s.last_seq, s.end,
+                         s.last_seq - s.base_seq) for s in self._segments]
+
+    # -- writing ----------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise StoreError(f"log {self.path} is closed")
+        if self.readonly:
+            raise StoreError(f"log {self.path} was opened read-only")
+        if self._broken:
+            raise StoreError(f"log {self.path} is unusable after an I/O error ({self._broken});"
+                             " reopen it to recover")
+
+    def append(self, seq: int, deltas: Sequence[Delta], derived: Sequence[str] = (), *,
+               timestamp_ns: int | None = None) -> int:
+        """Append one transaction and return the number of bytes written.
+
+        The transaction is framed and written with one ``os.write`` (more only if the kernel
+        accepts less). If writing (or the ``always`` fsync) fails, the segment is truncated back
+        to where it was and :class:`StoreError` is raised: the log is unchanged.
+
+        Args:
+          seq: must be ``last_seq + 1``.
+          deltas: the transaction's deltas (leaves are copied to the host).
+          derived: names of derived pages recomputed by the transaction (DERIVED record).
+          timestamp_ns: commit time (default: now).
+
+        Raises:
+          StoreError: wrong seq, closed/read-only log, or an I/O error. FormatError: a delta
+          that the format cannot hold (nothing is written).
+        """
+        ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
+        bodies = fmt.transaction_bodies(int(seq), deltas, derived, ts)
+        need = fmt.REC_HEADER_SIZE * len(bodies) + sum(map(len, bodies))
+        with self._lock:
+            self._check_writable()
+            if seq != self.last_seq + 1:
+                raise StoreError(f"append seq {seq}, expected {self.last_seq + 1}")
+            seg = self._segments[-1]
+            if seg.last_seq > seg.base_seq and self._size + need > self.segment_bytes:
+                self._roll()
+                seg = self._segments[-1]
+            data = fmt.frame_all(seg.salt, bodies)
+            start = self._size
+            try:
+                _write_all(self._fd, data)
+                if self.sync_policy == "always":
+                    self._timed_fsync(self._fd)
+            except OSError as e:
+                self._undo_to(start, e)
+                raise StoreError(f"log write failed, nothing was committed: {e}") from e
+            self._size = start + len(data)
+            self._txn_start = start
+            self._segments[-1] = _Segment(seg.number, seg.path, seg.base_seq, int(seq), self._size,
+                                          seg.salt)
+            if self.sync_policy == "batch":
+                self._unsynced += 1
+                if self._unsynced >= self.batch_commits:
+                    self._sync_locked()
+                elif self._unsynced == 1:
+                    # the first unsynced commit starts the flusher's timer; later ones need not
+                    # wake it (a wake-up per commit costs a context switch and lock traffic)
+                    self._first_unsynced = time.monotonic()
+                    self._ensure_flusher()
+                    self._cond.notify()
+            return len(data)
+
+    def _undo_to(self, start: int, cause: BaseException) -> None:
+        try:
+            os.ftruncate(self._fd, start)
+            self._size = start
+        except OSError as e:  # pragma: no cover - needs a failing ftruncate
+            self._broken = f"cannot truncate after {cause}: {e}"
+
+    def undo_last(self) -> None:
+        """Remove the transaction written by the last :meth:`append` (before it is relied on).
+
+        Used by the Bus when applying a logged transaction fails, to keep log and state equal.
+        """
+        with self._lock:
+            self._check_writable()
+            if self._txn_start is None:
+                raise StoreError("no transaction to undo")
+            seg = self._segments[-1]
+            self._undo_to(self._txn_start, StoreError("undo"))
+            if self.sync_policy != "never":
+                self._timed_fsync(self._fd)
+            self._segments[-1] = dataclasses.replace(seg, last_seq=seg.last_seq - 1,
+                                                     end=self._txn_start)
+            self._txn_start = None
+
+    def _roll(self) -> None:
+        if self.sync_policy != "never":
+            self._sync_locked()
+        seg = self._segments[-1]
+        self._create_segment(seg.number + 1, seg.last_seq)
+        self._txn_start = None
+
+    def _timed_fsync(self, fd: int) -> None:
+        t0 = time.perf_counter()
+        _fdatasync(fd)
+        self.fsyncs += 1
+        if self._on_fsync is not None:
+            self._on_fsync(time.perf_counter() - t0)
+
+    def _sync_locked(self) -> None:
+        if self._unsynced and self._fd is not None:
+            try:
+                self._timed_fsync(self._fd)
+            except OSError as e:
+                self._broken = f"fsync failed: {e}"
+                raise StoreError(f"fsync of {self.path} failed: {e}") from e
+        self._unsynced = 0
+
+    def sync(self) -> None:
+        """Make every appended transaction durable now (fsync)."""
+        with self._lock:
+            if self._closed or self.readonly:
+                return
+            if self.sync_policy == "never":
+                self._unsynced = max(self._unsynced, 1)
+            self._sync_locked()
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="mmsb-tlog-flush",
+                                             daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        with self._cond:
+            while not self._closing:
+                if not self._unsynced:
+                    self._cond.wait()
+                    continue
+                wait = self._first_unsynced + self.batch_interval_s - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                try:
+                    self._sync_locked()
+                except StoreError:
+                    log.exception("background fsync of %s failed", self.path)
+                    return
+
+    def remove_segments_through(self, seq: int) -> list[Path]:
+        """Delete the segments whose transactions all have ``seq <=`` the given one.
+
+        The newest segment is never removed. Call this only when a durable checkpoint at
+        ``seq`` (or later) exists. Returns the removed paths.
+        """
+        with self._lock:
+            self._check_writable()
+            removed = []
+            while len(self._segments) > 1 and self._segments[1].base_seq <= seq:
+                seg = self._segments.pop(0)
+                seg.path.unlink()
+                removed.append(seg.path)
+            if removed and self.sync_policy != "never":
+                _fsync_dir(self.path)
+            return removed
+
+    def close(self) -> None:
+        """Flush (unless ``never``), stop the flusher, close files and release the lock."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._lock:
+            try:
+                if self._fd is not None and self.sync_policy != "never" and not self._broken:
+                    self._sync_locked()
+            finally:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                self._closed = True
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
+
+    def __enter__(self) -> TLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "r" if self.readonly else f"w, sync={self.sync_policy}"
+        return f"TLog({str(self.path)!r}, {mode}, seqs {self.first_seq - 1}..{self.last_seq})"
+
+    # -- reading ----------------------------------------------------------------------------
+    def transactions(self, after_seq: int = 0, to_seq: int | None = None
+                     ) -> Iterator[Transaction]:
+        """Iterate the transactions with ``after_seq < seq <= to_seq`` (default: all), in order.
+
+        Only complete transactions known when the call starts are read; deltas have numpy
+        leaves. A torn tail seen by a reader is never returned.
+
+        Raises:
+          UnknownSeqError: ``after_seq`` is before the first transaction still held.
+          LogCorruptError: a segment changed underneath and no longer checks out.
+        """
+        with self._lock:
+            segs = list(self._segments)
+        last = segs[-1].last_seq if segs else 0
+        to = last if to_seq is None else min(int(to_seq), last)
+        if segs and after_seq < segs[0].base_seq and to > after_seq:
+            raise UnknownSeqError(f"the log starts after seq {segs[0].base_seq} (older "
+                                  f"segments were removed); cannot read from seq {after_seq + 1}")
+        for seg in segs:
+            if seg.last_seq <= after_seq:
+                continue
+            if seg.base_seq >= to:
+                break
+            yield from _segment_transactions(seg, after_seq, to)
+
+    def iter_info(self) -> Iterator[tuple[Path, fmt.TxnInfo]]:
+        """``(segment path, TxnInfo)`` for every complete transaction (re-scans the files)."""
+        for seg in list(self._segments):
+            scan = fmt.scan_segment(_read_file(seg.path, seg.end))
+            for t in scan.txns:
+                yield seg.path, t
+
+
+def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int) -> Iterator[Transaction]:
+    buf = _read_file(seg.path, seg.end)
+    if len(buf) < seg.end:
+        raise LogCorruptError(len(buf), str(seg.path), "segment shrank while being read")
+    deltas: list[Delta] = []
+    derived: tuple[str, ...] = ()
+    try:
+        for _, _, rec in fmt.iter_records(buf, fmt.HEADER_SIZE, seg.end, seg.salt):
+            if rec.type == fmt.SCHEMA:
+                continue
+            if rec.seq > to_seq:
+                return
+            if rec.type == fmt.DELTA:
+                deltas.append(rec.value)
+            elif rec.type == fmt.DERIVED:
+                derived = rec.value
+            else:
+                if rec.seq > after_seq:
+                    yield Transaction(rec.seq, tuple(deltas), derived, rec.value[2])
+                deltas, derived = [], ()
+    except FormatError as e:
+        raise LogCorruptError(0, str(seg.path), f"changed while being read: {e}") from e
+
+
+def _apply_cuts(path: Path, scan: LogScan) -> RecoveryReport:
+    cut = 0
+    truncated = None
+    removed = []
+    for seg, off in scan.cuts:
+        size = seg.stat().st_size
+        cut += size - off
+        if off == 0:
+            seg.unlink()
+            removed.append(str(seg))
+        else:
+            with open(seg, "r+b") as f:
+                f.truncate(off)
+                f.flush()
+                os.fsync(f.fileno())
+            truncated = (str(seg), off)
+    _fsync_dir(path)
+    log.warning("mmsb log %s: cut a torn tail of %d bytes (%s)", path, cut,
+                f"truncated {truncated[0]} to {truncated[1]} bytes" if truncated else
+                f"removed {', '.join(removed)}")
+    return RecoveryReport(bytes_cut=cut, truncated=truncated, removed=tuple(removed))
+
+
+def repair(path: str | os.PathLike) -> RepairReport:
+    """Truncate the log at ``path`` to its last good transaction, keeping what was cut.
+
+    Works on a torn tail and on corruption alike. For each affected segment the bytes that
+    go are first copied to ``<segment>.cut-<UTC timestamp>`` beside it (segments after the
+    damage are renamed that way), then the segment is truncated and fsynced. Takes the
+    directory lock, so it refuses to run while a writer has the log open.
+
+    Args:
+      path: a log directory (``DIR/log``), a bus directory, or one segment file.
+
+    Returns:
+      A :class:`RepairReport` (``bytes_cut == 0`` when the log was already clean).
+    """
+    p = Path(path)
+    if p.is_dir() and not segment_paths(p) and (p / "log").is_dir():
+        p = p / "log"
+    directory = p.parent if p.is_file() else p
+    if not directory.is_dir():
+        raise StoreError(f"no log at {p}")
+    lock = _DirLock(directory)
+    try:
+        files = [p] if p.is_file() else segment_paths(p)
+        scan = _scan_files(files, allow_corrupt=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        saved = []
+        total = 0
+        for seg, off in scan.cuts:
+            size = seg.stat().st_size
+            target = seg.with_name(f"{seg.name}.cut-{stamp}")
+            if off == 0:
+                os.replace(seg, target)
+            else:
+                with open(seg, "rb") as src, open(target, "xb") as dst:
+                    os.chmod(target, 0o600)
+                    src.seek(off)
+                    shutil.copyfileobj(src, dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                with open(seg, "r+b") as f:
+                    f.truncate(off)
+                    os.fsync(f.fileno())
+            saved.append((str(seg), str(target), size - off))
+            total += size - off
+        if saved:
+            _fsync_dir(directory)
+            log.warning("mmsb log repair %s: cut %d bytes, saved beside the log", p, total)
+        return RepairReport(bytes_cut=total, saved=tuple(saved), corrupt=scan.corrupt,
+                            last_seq=scan.last_seq)
+    finally:
+        lock.release()
+
+
+def read_transactions(path: str | os.PathLike, after_seq: int = 0, to_seq: int | None = None
+                      ) -> Iterable[Transaction]:
+    """Transactions of the log at ``path`` (read-only; see :meth:`TLog.transactions`)."""
+    with TLog.open(path, readonly=True) as tl:
+        yield from tl.transactions(after_seq, to_seq)

@@ -1,0 +1,283 @@
+"""Replay: bit-exact with the live commit path, one scan per stacked run, compiled rarely."""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mmsb_jax as mm
+from mmsb_jax.errors import (
+    DTypeError,
+    IndexOutOfRangeError,
+    StoreError,
+    UnknownPageError,
+    UnknownSeqError,
+)
+from mmsb_jax.store.checkpoint import CheckpointStore
+from mmsb_jax.store.format import Transaction
+from mmsb_jax.store.replay import apply_transaction, replay, replay_with_seq, txn_structure
+from mmsb_jax.store.tlog import TLog
+
+SCHEMA = mm.Schema([
+    mm.PageSpec("f", (6, 3), "float32"),
+    mm.PageSpec("i", (5,), "int32"),
+    mm.PageSpec("b", (4, 2), "bool"),
+    mm.PageSpec("u", (7,), "uint8"),
+])
+OPS_BY_DTYPE = {
+    "float32": ("set", "add", "mul", "min", "max"),
+    "int32": mm.OPS,
+    "bool": ("set", "min", "max", "or", "and"),
+    "uint8": mm.OPS,
+}
+CAPACITY = 3  # fixed row capacity: deltas stack and shapes never change
+# the module (``mmsb_jax.store.replay`` the attribute is the function of that name)
+replay_mod = importlib.import_module("mmsb_jax.store.replay")
+
+
+def _values(rng: np.random.Generator, spec: mm.PageSpec, shape: tuple[int, ...]) -> np.ndarray:
+    if spec.dtype == "float32":
+        v = rng.normal(scale=4.0, size=shape).astype(np.float32)
+        v[rng.random(shape) < 0.1] = -0.0
+        return v
+    if spec.dtype == "bool":
+        return rng.random(shape) < 0.5
+    info = np.iinfo(spec.dtype)
+    return rng.integers(max(info.min, -50), min(info.max, 50), size=shape).astype(spec.dtype)
+
+
+def make_delta(rng: np.random.Generator, page: str, kind: str, op: str) -> mm.Delta:
+    spec = SCHEMA[page]
+    if kind == "rows":
+        idx = rng.integers(-1, spec.shape[0], size=CAPACITY).astype(np.int32)
+        return mm.Delta.rows(page, idx, _values(rng, spec, (CAPACITY, *spec.shape[1:])), op)
+    if kind == "masked":
+        return mm.Delta.masked(page, rng.random(spec.shape) < 0.5,
+                               _values(rng, spec, spec.shape), op)
+    return mm.Delta.full(page, _values(rng, spec, spec.shape), op)
+
+
+@st.composite
+def commit_sequences(draw, max_commits: int = 10):
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    commits = []
+    for _ in range(draw(st.integers(1, max_commits))):
+        ds = []
+        for _ in range(draw(st.integers(0, 2))):
+            page = draw(st.sampled_from(SCHEMA.names))
+            kind = draw(st.sampled_from(mm.KINDS))
+            op = draw(st.sampled_from(OPS_BY_DTYPE[SCHEMA[page].dtype]))
+            ds.append(make_delta(rng, page, kind, op))
+        # sometimes repeat the previous commit's structure so that runs stack into scans
+        if commits and draw(st.booleans()):
+            prev = commits[-1]
+            ds = [make_delta(rng, d.page, d.kind, d.op) for d in prev]
+        commits.append(ds)
+    return commits
+
+
+def bits(x) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x)).reshape(-1).view(np.uint8)
+
+
+def assert_states_identical(a: mm.State, b: mm.State) -> None:
+    assert tuple(a.pages) == tuple(b.pages)
+    for n in a.pages:
+        x, y = np.asarray(a.pages[n]), np.asarray(b.pages[n])
+        assert x.dtype == y.dtype and x.shape == y.shape, n
+        np.testing.assert_array_equal(bits(x), bits(y), err_msg=n)
+        assert int(a.epochs[n]) == int(b.epochs[n]), n
+
+
+def live_run(commits) -> list[mm.State]:
+    states = [mm.init_state(SCHEMA)]
+    for ds in commits:
+        states.append(apply_transaction(states[-1], ds))
+    return states
+
+
+@settings(max_examples=25, deadline=None)
+@given(commits=commit_sequences(), data=st.data())
+def test_checkpoint_plus_replay_equals_live_bit_exactly(commits, data):
+    """restore(latest checkpoint) + replay(log suffix) == the live state, every kind and op."""
+    states = live_run(commits)
+    n = len(commits)
+    ckpt = data.draw(st.integers(0, n), label="checkpoint seq")
+    with tempfile.TemporaryDirectory() as tmp:
+        with TLog.open(Path(tmp) / "log", SCHEMA, sync="never") as log:
+            for seq, ds in enumerate(commits, 1):
+                log.append(seq, ds)
+        with CheckpointStore(Path(tmp) / "ck", async_save=False) as store:
+            store.save(ckpt, states[ckpt], SCHEMA)
+            restored, manifest = store.restore(ckpt, SCHEMA)
+        assert manifest["seq"] == ckpt
+        assert_states_identical(restored, states[ckpt])
+        out, reached = replay_with_seq(restored, Path(tmp), after_seq=ckpt)
+        assert reached == n
+        assert_states_identical(out, states[n])
+        # time travel from scratch to an arbitrary seq
+        k = data.draw(st.integers(0, n), label="to_seq")
+        assert_states_identical(replay(mm.init_state(SCHEMA), Path(tmp) / "log", to_seq=k),
+                                states[k])
+
+
+@settings(max_examples=12, deadline=None)
+@given(commits=commit_sequences(max_commits=6))
+def test_live_path_equals_mm_apply_batch(commits):
+    """The Bus path applies a commit as ``mm.apply_batch``; epochs count every delta."""
+    states = live_run(commits)
+    s = mm.init_state(SCHEMA)
+    for ds in commits:
+        s = mm.apply_batch(s, ds)
+    for name in SCHEMA.names:
+        x, y = np.asarray(states[-1].pages[name]), np.asarray(s.pages[name])
+        np.testing.assert_array_equal(x, y)  # same merge, same ops (NaN-free values)
+        assert int(states[-1].epochs[name]) == int(s.epochs[name])
+    want = {n: 0 for n in SCHEMA.names}
+    for ds in commits:
+        for d in ds:
+            want[d.page] += d.count
+    assert {n: int(e) for n, e in states[-1].epochs.items()} == want
+
+
+def _same_structure_commits(n: int, seed: int = 0) -> list[list[mm.Delta]]:
+    rng = np.random.default_rng(seed)
+    return [[make_delta(rng, "f", "rows", "add"), make_delta(rng, "i", "masked", "max")]
+            for _ in range(n)]
+
+
+def test_runs_are_applied_by_few_scans(monkeypatch):
+    calls: list[int] = []
+    real = replay_mod._scan
+
+    def spy(pages, epochs, stacked):
+        calls.append(int(stacked[0].values.shape[0]))
+        return real(pages, epochs, stacked)
+
+    monkeypatch.setattr(replay_mod, "_scan", spy)
+    commits = _same_structure_commits(100)
+    txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits)]
+    out = replay(mm.init_state(SCHEMA), txns)
+    assert calls == [64, 32, 4]  # 100 = 64 + 32 + 4: one scan per power of two
+    assert_states_identical(out, live_run(commits)[-1])
+
+
+def test_recompilation_guard_on_the_replay_scan(monkeypatch):
+    """A structure compiles at most once per power-of-two chunk length, whatever the log."""
+    chex.clear_trace_counter()
+    guarded_scan = jax.jit(chex.assert_max_traces(replay_mod._scan_impl, n=3))
+    guarded_txn = jax.jit(chex.assert_max_traces(replay_mod._txn_apply_impl, n=1))
+    monkeypatch.setattr(replay_mod, "_scan", guarded_scan)
+    monkeypatch.setattr(replay_mod, "_txn_apply", guarded_txn)
+    commits = _same_structure_commits(64 + 8 + 2 + 1, seed=1)
+    states = live_run(commits)
+    for upto in (75, 74, 64, 73, 65):  # chunk lengths 64, 8, 2 and single transactions
+        txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits[:upto])]
+        assert_states_identical(replay(mm.init_state(SCHEMA), txns), states[upto])
+
+
+def test_chunk_bytes_caps_the_stack(monkeypatch):
+    lengths: list[int] = []
+    real = replay_mod._scan
+
+    def spy(pages, epochs, stacked):
+        lengths.append(int(stacked[0].values.shape[0]))
+        return real(pages, epochs, stacked)
+
+    monkeypatch.setattr(replay_mod, "_scan", spy)
+    commits = _same_structure_commits(40)
+    per_txn = replay_mod._txn_nbytes(commits[0])
+    txns = [(i + 1, ds) for i, ds in enumerate(commits)]
+    out = replay(mm.init_state(SCHEMA), txns, chunk_bytes=per_txn * 9)
+    assert max(lengths) == 8 and sum(lengths) == 40
+    assert_states_identical(out, live_run(commits)[-1])
+    lengths.clear()
+    out = replay(mm.init_state(SCHEMA), txns, max_chunk=5)
+    assert max(lengths) == 4
+
+
+def test_structure_key():
+    a, b = _same_structure_commits(2)
+    assert txn_structure(a) == txn_structure(b)
+    assert txn_structure(a) != txn_structure(a[::-1])
+    assert txn_structure(a) != txn_structure([a[0].with_count(2), a[1]])
+
+
+def test_inputs_and_filters(tmp_path):
+    commits = _same_structure_commits(6)
+    states = live_run(commits)
+    txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits)]
+    s0 = mm.init_state(SCHEMA)
+    assert_states_identical(replay(s0, [(t.seq, list(t.deltas)) for t in txns]), states[6])
+    assert_states_identical(replay(states[2], txns, after_seq=2, to_seq=4), states[4])
+    out, seq = replay_with_seq(s0, txns, to_seq=0)
+    assert seq == 0 and out is s0
+    assert replay(s0, []) is s0
+    with pytest.raises(StoreError, match="consecutive"):
+        replay(s0, txns[1:])
+    with pytest.raises(StoreError, match="consecutive"):
+        replay(s0, [txns[0], txns[2]])
+    # empty transactions keep the seqs going and change nothing
+    mixed = [Transaction(1, ()), Transaction(2, txns[0].deltas), Transaction(3, ())]
+    assert_states_identical(replay(s0, mixed), states[1])
+    # a log directory, a bus directory, a TLog
+    with TLog.open(tmp_path / "bus" / "log", SCHEMA, sync="never") as log:
+        for t in txns:
+            log.append(t.seq, t.deltas)
+    assert_states_identical(replay(s0, tmp_path / "bus"), states[6])
+    assert_states_identical(replay(s0, str(tmp_path / "bus" / "log"), to_seq=3), states[3])
+    with TLog.open(tmp_path / "bus" / "log", readonly=True) as log:
+        assert_states_identical(replay(states[5], log, after_seq=5), states[6])
+        assert_states_identical(replay(s0, log, progress=True), states[6])
+
+
+def test_logged_deltas_are_validated():
+    s0 = mm.init_state(SCHEMA)
+    bad_page = [Transaction(1, (mm.Delta.full("nope", np.zeros(2, np.float32)),))]
+    with pytest.raises(UnknownPageError):
+        replay(s0, bad_page)
+    bad_dtype = [Transaction(1, (mm.Delta.full("i", np.zeros(5, np.float32)),))]
+    with pytest.raises(DTypeError):
+        replay(s0, bad_dtype)
+    d = mm.Delta.rows("i", np.array([0, 1, 2], np.int32), np.ones(3, np.int32))
+    far = mm.Delta(indices=np.array([0, 9, 1], np.int32), mask=None, values=np.ones(3, np.int32),
+                   page="i", kind="rows")
+    with pytest.raises(IndexOutOfRangeError):  # one transaction
+        replay(s0, [Transaction(1, (far,))])
+    with pytest.raises(IndexOutOfRangeError):  # inside a stacked run
+        replay(s0, [Transaction(1, (d,)), Transaction(2, (far,))])
+    # unchecked replay skips validation (trusted input)
+    assert int(replay(s0, [Transaction(1, (d,))], check=False).epochs["i"]) == 1
+
+
+def test_apply_transaction_validates_before_applying():
+    s0 = mm.init_state(SCHEMA)
+    with pytest.raises(UnknownPageError):
+        apply_transaction(s0, [mm.Delta.full("zz", np.zeros(1, np.float32))])
+    with pytest.raises(TypeError):
+        apply_transaction(s0, ["not a delta"])
+    assert apply_transaction(s0, []) is s0
+
+
+def test_replay_from_pruned_log_needs_a_later_start(tmp_path):
+    commits = _same_structure_commits(12)
+    with TLog.open(tmp_path, SCHEMA, sync="never", segment_bytes=700) as log:
+        for seq, ds in enumerate(commits, 1):
+            log.append(seq, ds)
+        log.remove_segments_through(5)
+        first = log.first_seq
+    assert first > 1
+    with pytest.raises(UnknownSeqError):
+        replay(mm.init_state(SCHEMA), tmp_path)
+    states = live_run(commits)
+    out = replay(states[first - 1], tmp_path, after_seq=first - 1)
+    assert_states_identical(out, states[12])
