@@ -44,7 +44,7 @@ def seed_workloads(repeat: int) -> dict:
         page = compat.create_page(st, size=size)
         i = [0]
 
-        def compat_step(st=st, page=page, new=new):
+        def compat_step(st=st, page=page, new=new, i=i):
             i[0] ^= 1
             compat.update_page(st, page, new[i[0]])
             return st.state.pages[f"page_{page.id}"]
@@ -60,7 +60,7 @@ def seed_workloads(repeat: int) -> dict:
                   for v in vals]
         holder = [state]
 
-        def apply_step(deltas=deltas, holder=holder, step=step):
+        def apply_step(deltas=deltas, holder=holder, step=step, i=i):
             i[0] ^= 1
             holder[0] = step(holder[0], deltas[i[0]])
             return holder[0].pages["raw"]
@@ -69,7 +69,7 @@ def seed_workloads(repeat: int) -> dict:
         npage = np.zeros(size, np.uint8)
         nmask = new[0] != new[1]
 
-        def numpy_step(npage=npage, new=new, nmask=nmask, kind=kind):
+        def numpy_step(npage=npage, new=new, nmask=nmask, kind=kind, i=i):
             i[0] ^= 1
             if kind == "dense":
                 np.copyto(npage, new[i[0]])

@@ -3,7 +3,7 @@
 Every change follows ``state x delta -> state'``; see ``docs/`` for the concepts.
 """
 
-from mmsb_jax import errors, intention, utility
+from mmsb_jax import errors, intention, kernels, utility
 from mmsb_jax.core import semiring
 from mmsb_jax.core.delta import (
     KINDS,
@@ -45,6 +45,7 @@ __all__ = [
     "errors",
     "init_state",
     "intention",
+    "kernels",
     "replay",
     "semiring",
     "utility",

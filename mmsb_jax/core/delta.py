@@ -40,6 +40,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import checkify
 
+from mmsb_jax import kernels
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import (
     ComposeError,
@@ -413,6 +414,14 @@ def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str)
         INDEX_CHECK_TAG + ": row index outside [-1, {n}) in a rows delta",
         n=jnp.int32(n),
     )
+    # The dispatcher (MMSB_KERNELS=auto|pallas|xla) runs the Pallas row-merge kernel on GPU
+    # and this module's XLA merge elsewhere; both give the same bits.
+    return kernels.merge_rows(page, indices, values, op, xla=_merge_rows_xla)
+
+
+def _merge_rows_xla(page: jax.Array, indices: jax.Array, values: jax.Array, op: str
+                    ) -> jax.Array:
+    n = page.shape[0]
     out = _out_sharding(page)
     if op == "set":
         return page.at[winning_rows(indices, n)].set(values, mode="drop", out_sharding=out)

@@ -57,6 +57,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import checkify
 
+from mmsb_jax import kernels
 from mmsb_jax.core.delta import INDEX_CHECK_TAG, PADDING
 from mmsb_jax.errors import (
     DTypeError,
@@ -560,6 +561,16 @@ def matmul(sr: Semiring, a: Any, b: Any, *, block_rows: int | None = None) -> ja
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _matmul_jit(sr: Semiring, a: jax.Array, b: jax.Array, block_rows: int | None) -> jax.Array:
+    if (sr.name in ("tropical", "maxplus") and a.dtype == b.dtype
+            and jnp.issubdtype(a.dtype, jnp.floating) and a.size and b.size):
+        # The tiled Pallas kernel (O(n^2) memory) on GPU; the blocked XLA path elsewhere.
+        return kernels.semiring_matmul(
+            sr.name, a, b, xla=functools.partial(_matmul_blocked, sr, block_rows))
+    return _matmul_blocked(sr, block_rows, a, b)
+
+
+def _matmul_blocked(sr: Semiring, block_rows: int | None, a: jax.Array, b: jax.Array
+                    ) -> jax.Array:
     n, k = a.shape
     m = b.shape[1]
     if sr.dot is not None:
