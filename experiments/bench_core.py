@@ -138,8 +138,10 @@ def row_workloads(rows: int, width: int, ks: list[int], repeat: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    parser.add_argument("--out", default="bench_core")
+    parser.add_argument("--out", default=None,
+                        help="results name (default: bench_core, or bench_core_quick)")
     args = parser.parse_args()
+    args.out = args.out or ("bench_core_quick" if args.quick else "bench_core")
     if args.quick:
         rows, ks, repeat = 1 << 12, [64, 1024, 4096], 3
     else:

@@ -170,8 +170,8 @@ def _as_bytes(data: Any, size: int) -> np.ndarray:
     else:
         arr = np.asarray(data)
         if arr.dtype != np.uint8:
-            if not np.issubdtype(arr.dtype, np.integer) or arr.size and (
-                    arr.min() < 0 or arr.max() > 255):
+            if not np.issubdtype(arr.dtype, np.integer) or (arr.size and (
+                    arr.min() < 0 or arr.max() > 255)):
                 raise DTypeError(f"page bytes must be uint8 (or ints in 0..255), got {arr.dtype}")
             arr = arr.astype(np.uint8)
     if arr.ndim != 1 or arr.size != size:

@@ -1,0 +1,21 @@
+"""Smoke tests: benchmark scripts run end to end at small sizes (so they never rot)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_core_quick_writes_ratios():
+    proc = subprocess.run([sys.executable, "experiments/bench_core.py", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((ROOT / "experiments/results/bench_core_quick.json").read_text())
+    rows = out["row_deltas"]["results"]
+    assert {r["pattern"] for r in rows} == {"sorted_unique", "random_duplicates"}
+    assert all(r["fraction_of_copy_bandwidth"] > 0 and r["speedup_vs_numpy"] > 0 for r in rows)
+    assert set(out["seed_workloads"]) == {"dense", "sparse"}
