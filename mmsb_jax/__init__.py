@@ -16,7 +16,9 @@ from mmsb_jax.core.delta import (
     checked,
     compose,
 )
+from mmsb_jax.core.graph import Graph, changed_provenance
 from mmsb_jax.core.pages import PageSpec, Schema, State, init_state
+from mmsb_jax.core.propagate import propagate
 from mmsb_jax.runtime.bus import Bus, CommitInfo
 from mmsb_jax.store.checkpoint import CheckpointStore
 from mmsb_jax.store.replay import replay
@@ -32,6 +34,7 @@ __all__ = [
     "OPS",
     "PADDING",
     "Delta",
+    "Graph",
     "PageSpec",
     "Schema",
     "State",
@@ -41,11 +44,13 @@ __all__ = [
     "apply_batch",
     "apply_page",
     "checked",
+    "changed_provenance",
     "compose",
     "errors",
     "init_state",
     "intention",
     "kernels",
+    "propagate",
     "replay",
     "semiring",
     "utility",

@@ -34,8 +34,10 @@ import jax
 import numpy as np
 
 from mmsb_jax.core.delta import Delta
+from mmsb_jax.core.graph import changed_provenance
 from mmsb_jax.core.pages import Schema, State, init_state
 from mmsb_jax.errors import (
+    GraphError,
     OptionError,
     SchemaMismatchError,
     StoreError,
@@ -102,6 +104,13 @@ class Subscription:
         self._bus._remove_subscription(self)
 
     __call__ = unsubscribe
+
+
+def _check_not_derived(graph: Any, deltas: Sequence[Delta]) -> None:
+    for d in deltas:
+        if graph.is_derived(d.page):
+            raise GraphError(f"page {d.page!r} is derived (recomputed from "
+                             f"{', '.join(graph.inputs(d.page))}); commit deltas to its inputs")
 
 
 def _is_prefix(base: Schema, full: Schema) -> bool:
@@ -199,7 +208,13 @@ class Bus:
         ckpts = None
         try:
             ckpts = CheckpointStore(directory / "checkpoints", keep=int(keep_checkpoints))
-            state, seq = _recover(tlog, ckpts, tlog.schema, mesh)
+            if graph is not None and tlog.graph:
+                changed = changed_provenance(tlog.graph, provenance)
+                if changed:
+                    log.warning("the code of derived page(s) %s changed since %s was written; "
+                                "replay recomputes them with the new code", ", ".join(changed),
+                                directory)
+            state, seq = _recover(tlog, ckpts, tlog.schema, mesh, graph)
             return cls(directory, tlog.schema, graph, tlog, ckpts, telemetry, state, seq,
                        mesh=mesh, checkpoint_every=None if checkpoint_every is None
                        else int(checkpoint_every), prune_log=bool(prune_log))
@@ -265,24 +280,28 @@ class Bus:
             state = self._state
             try:
                 _check_pages(state, deltas)
+                if self.graph is not None:
+                    _check_not_derived(self.graph, deltas)
             except BaseException:
                 self._tel.failures.inc()
                 raise
             t1 = time.perf_counter()
             seq = self._seq + 1
             pages = tuple(dict.fromkeys(d.page for d in deltas))
+            affected = (tuple(n for n in self.graph.descendants(pages) if self.graph.is_derived(n))
+                        if self.graph is not None and pages else ())
             ts = time.time_ns()
             try:
-                nbytes = self._tlog.append(seq, deltas, timestamp_ns=ts)
+                nbytes = self._tlog.append(seq, deltas, affected, timestamp_ns=ts)
             except BaseException:
                 self._tel.failures.inc()
                 raise
             t2 = time.perf_counter()
             try:
-                new_state = apply_transaction(state, deltas, check=False)
-                jax.block_until_ready([new_state.pages[n] for n in pages])
+                new_state = apply_transaction(state, deltas, check=False, graph=self.graph)
+                jax.block_until_ready([new_state.pages[n] for n in (*pages, *affected)])
                 t3 = time.perf_counter()
-                new_state, derived = self._propagate(new_state, pages)
+                derived = self._changed_derived(state, new_state, affected)
             except BaseException:
                 self._tel.failures.inc()
                 self._tlog.undo_last()
@@ -324,18 +343,16 @@ class Bus:
             self._notify_lock.release()
         return info
 
-    def _propagate(self, state: State, dirty_pages: Sequence[str]
-                   ) -> tuple[State, tuple[str, ...]]:
-        """Recompute derived pages after a commit touched ``dirty_pages``.
+    @staticmethod
+    def _changed_derived(before: State, after: State, affected: Sequence[str]
+                         ) -> tuple[str, ...]:
+        """Derived pages whose value changed in this commit (their epoch moved).
 
-        Returns ``(state, derived pages recomputed)``. Without a graph there is nothing to
-        recompute and the inputs are returned unchanged. This is the single place where the
-        graph layer's propagation (``mm.propagate``) plugs into the commit pipeline; until it
-        is wired, a bus opened with a graph stores the graph's schema and provenance but does
-        not recompute derived pages.
+        Propagation runs inside the commit's jitted transaction (:func:`apply_transaction`
+        with the graph), recomputing every affected derived page exactly once; a page whose
+        value did not change keeps its epoch (early cut-off), so it is not reported.
         """
-        del dirty_pages  # used once propagation is wired
-        return state, ()
+        return tuple(n for n in affected if int(after.epochs[n]) != int(before.epochs[n]))
 
     # -- reading ----------------------------------------------------------------------------
     def read(self, name: str) -> np.ndarray:
@@ -365,7 +382,7 @@ class Bus:
         if seq == current:
             return state
         with self._ckpt_lock:
-            return _state_at(self._tlog, self._ckpts, self.schema, seq, self._mesh)
+            return _state_at(self._tlog, self._ckpts, self.schema, seq, self._mesh, self.graph)
 
     # -- subscriptions ----------------------------------------------------------------------
     def subscribe(self, pages: str | Iterable[str] | None, callback: Callback) -> Subscription:
@@ -512,16 +529,16 @@ def _initial_or_checkpoint(tlog: TLog, ckpts: CheckpointStore, schema: Schema, s
 
 
 def _state_at(tlog: TLog, ckpts: CheckpointStore, schema: Schema, seq: int,
-              mesh: jax.sharding.Mesh | None) -> State:
+              mesh: jax.sharding.Mesh | None, graph: Any = None) -> State:
     state, base = _initial_or_checkpoint(tlog, ckpts, schema, seq, mesh)
-    state, reached = replay_with_seq(state, tlog, after_seq=base, to_seq=seq)
+    state, reached = replay_with_seq(state, tlog, after_seq=base, to_seq=seq, graph=graph)
     if reached != seq:
         raise UnknownSeqError(f"the log ends at seq {reached}, before {seq}")
     return state
 
 
 def _recover(tlog: TLog, ckpts: CheckpointStore, schema: Schema,
-             mesh: jax.sharding.Mesh | None) -> tuple[State, int]:
+             mesh: jax.sharding.Mesh | None, graph: Any = None) -> tuple[State, int]:
     """The state after the last logged commit: latest usable checkpoint + log suffix."""
     last = tlog.last_seq
     for stale in [s for s in ckpts.steps() if s > last]:
@@ -529,7 +546,7 @@ def _recover(tlog: TLog, ckpts: CheckpointStore, schema: Schema,
                     "source of truth, deleting it", stale, ckpts.directory, last)
         ckpts.delete(stale)
     try:
-        state = _state_at(tlog, ckpts, schema, last, mesh)
+        state = _state_at(tlog, ckpts, schema, last, mesh, graph)
     except UnknownSeqError as e:
         raise StoreError(f"cannot recover {tlog.path}: {e}") from e
     return state, last
@@ -538,7 +555,7 @@ def _recover(tlog: TLog, ckpts: CheckpointStore, schema: Schema,
 def state_at(directory: str | os.PathLike, seq: int | None = None, *,
              schema: Schema | None = None, use_checkpoints: bool = True,
              mesh: jax.sharding.Mesh | None = None,
-             progress: bool | None = None) -> tuple[State, int]:
+             progress: bool | None = None, graph: Any = None) -> tuple[State, int]:
     """Read-only: the State of the bus directory ``directory`` after commit ``seq``.
 
     Does not take the directory's lock (a live Bus may be writing); a torn tail is ignored.
@@ -550,6 +567,8 @@ def state_at(directory: str | os.PathLike, seq: int | None = None, *,
       use_checkpoints: start from the nearest checkpoint (otherwise replay from seq 0).
       mesh: place pages on this mesh.
       progress: tqdm progress bar (default: on a terminal for long logs).
+      graph: the ``mm.Graph`` of the bus's derived pages (rebuilt by propagation); without it
+        derived pages keep the values of the checkpoint the replay starts from.
 
     Returns:
       ``(state, seq reached)``.
@@ -572,5 +591,5 @@ def state_at(directory: str | os.PathLike, seq: int | None = None, *,
         else:
             state, base = init_state(tlog.schema, mesh=mesh), 0
         state, reached = replay_with_seq(state, tlog, after_seq=base, to_seq=target,
-                                         progress=progress)
+                                         progress=progress, graph=graph)
         return state, reached

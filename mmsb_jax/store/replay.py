@@ -55,6 +55,32 @@ def _scan_impl(pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
 _scan = jax.jit(_scan_impl)
 
 
+# With a graph, a transaction is apply_batch followed by propagation of the pages it touched.
+# The carry is then every page (derived pages read base pages the transaction did not touch).
+def _txn_graph_impl(graph: Any, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
+                    deltas: list[Delta]):
+    from mmsb_jax.core.propagate import propagate
+
+    out = apply_batch(State(pages=pages, epochs=epochs), deltas)
+    out = propagate(graph, out, tuple(_touched(deltas)))
+    return dict(out.pages), dict(out.epochs)
+
+
+_txn_graph = jax.jit(_txn_graph_impl, static_argnums=0)
+
+
+def _scan_graph_impl(graph: Any, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
+                     stacked: list[Delta]):
+    def body(carry, deltas):
+        return _txn_graph_impl(graph, carry[0], carry[1], deltas), None
+
+    (pages, epochs), _ = lax.scan(body, (pages, epochs), stacked)
+    return pages, epochs
+
+
+_scan_graph = jax.jit(_scan_graph_impl, static_argnums=0)
+
+
 def _touched(deltas: Sequence[Delta]) -> list[str]:
     return list(dict.fromkeys(d.page for d in deltas))
 
@@ -68,7 +94,8 @@ def _check_pages(state: State, deltas: Sequence[Delta]) -> None:
         validate(d, state.pages[d.page])
 
 
-def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = True) -> State:
+def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = True,
+                      graph: Any = None) -> State:
     """Apply one transaction exactly as the Bus commits it (and as :func:`replay` does).
 
     Equivalent to ``mm.apply_batch(state, deltas)`` (same merge, same order), run as one jitted
@@ -79,6 +106,8 @@ def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = Tr
       state: the current State.
       deltas: the transaction's deltas, in order.
       check: validate the deltas against the state first (typed errors, nothing changes).
+      graph: an ``mm.Graph``: derived pages are then recomputed with ``mm.propagate`` from the
+        pages the transaction touched, inside the same jitted function.
 
     Returns:
       The new State; pages not touched are shared with ``state``.
@@ -88,6 +117,9 @@ def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = Tr
         return state
     if check:
         _check_pages(state, deltas)
+    if graph is not None:
+        pages, epochs = _txn_graph(graph, dict(state.pages), dict(state.epochs), deltas)
+        return state.with_pages(pages, epochs)
     names = _touched(deltas)
     pages, epochs = _txn_apply({n: state.pages[n] for n in names},
                                {n: state.epochs[n] for n in names}, deltas)
@@ -140,8 +172,10 @@ def _check_run(state: State, txns: Sequence[Sequence[Delta]], stacked: list[Delt
 class _Runner:
     """Applies transactions to a State, batching runs of equal structure into scans."""
 
-    def __init__(self, state: State, *, max_chunk: int, chunk_bytes: int, check: bool):
+    def __init__(self, state: State, *, max_chunk: int, chunk_bytes: int, check: bool,
+                 graph: Any = None):
         self.state = state
+        self.graph = graph
         self.max_chunk = max(1, int(max_chunk))
         self.chunk_bytes = int(chunk_bytes)
         self.check = check
@@ -179,6 +213,14 @@ class _Runner:
                 _check_pages(state, txns[0])
             else:
                 _check_run(state, txns, stacked)
+        if self.graph is not None:
+            pages, epochs = dict(state.pages), dict(state.epochs)
+            if stacked is None:
+                pages, epochs = _txn_graph(self.graph, pages, epochs, list(txns[0]))
+            else:
+                pages, epochs = _scan_graph(self.graph, pages, epochs, stacked)
+            self.state = state.with_pages(pages, epochs)
+            return
         names = _touched(txns[0])
         pages = {n: state.pages[n] for n in names}
         epochs = {n: state.epochs[n] for n in names}
@@ -228,14 +270,16 @@ def _as_transactions(log: Any, after_seq: int, to_seq: int | None
 def replay_with_seq(state: State, log: Any, *, after_seq: int = 0, to_seq: int | None = None,
                     check: bool = True, progress: bool | None = None,
                     max_chunk: int = DEFAULT_MAX_CHUNK,
-                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[State, int]:
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                    graph: Any = None) -> tuple[State, int]:
     """Like :func:`replay`, also returning the seq of the last transaction applied.
 
     Returns ``(state, after_seq)`` unchanged when there is nothing to apply.
     """
     after_seq = int(after_seq)
     txns, total, closer = _as_transactions(log, after_seq, to_seq)
-    runner = _Runner(state, max_chunk=max_chunk, chunk_bytes=chunk_bytes, check=check)
+    runner = _Runner(state, max_chunk=max_chunk, chunk_bytes=chunk_bytes, check=check,
+                     graph=graph)
     if progress is None:
         progress = bool(total and total >= PROGRESS_MIN_TXNS and sys.stderr.isatty())
     bar = None
@@ -264,7 +308,8 @@ def replay_with_seq(state: State, log: Any, *, after_seq: int = 0, to_seq: int |
 
 def replay(state: State, log: Any, *, after_seq: int = 0, to_seq: int | None = None,
            check: bool = True, progress: bool | None = None,
-           max_chunk: int = DEFAULT_MAX_CHUNK, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> State:
+           max_chunk: int = DEFAULT_MAX_CHUNK, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+           graph: Any = None) -> State:
     """Apply the transactions ``after_seq < seq <= to_seq`` of a log to ``state``.
 
     Runs of consecutive transactions with the same structure are stacked (``[L, ...]`` leaves)
@@ -283,6 +328,9 @@ def replay(state: State, log: Any, *, after_seq: int = 0, to_seq: int | None = N
       progress: show a tqdm bar (default: when stderr is a terminal and the log is long).
       max_chunk: the longest scan (a power of two is used).
       chunk_bytes: cap on the stacked delta bytes of one scan.
+      graph: the ``mm.Graph`` of the store's derived pages. Derived pages are not logged as
+        deltas; with the graph they are rebuilt by propagating after every transaction (inside
+        the scan body), exactly as the Bus did live, so derived values and epochs match.
 
     Returns:
       The State after the last transaction replayed.
@@ -293,5 +341,6 @@ def replay(state: State, log: Any, *, after_seq: int = 0, to_seq: int | None = N
       not fit the state.
     """
     return replay_with_seq(state, log, after_seq=after_seq, to_seq=to_seq, check=check,
-                           progress=progress, max_chunk=max_chunk, chunk_bytes=chunk_bytes)[0]
+                           progress=progress, max_chunk=max_chunk, chunk_bytes=chunk_bytes,
+                           graph=graph)[0]
 
