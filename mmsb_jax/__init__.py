@@ -3,7 +3,7 @@
 Every change follows ``state x delta -> state'``; see ``docs/`` for the concepts.
 """
 
-from mmsb_jax import errors, intention, kernels, utility
+from mmsb_jax import agents, errors, intention, kernels, planning, utility
 from mmsb_jax.core import semiring
 from mmsb_jax.core.delta import (
     KINDS,
@@ -40,6 +40,7 @@ __all__ = [
     "State",
     "TLog",
     "__version__",
+    "agents",
     "apply",
     "apply_batch",
     "apply_page",
@@ -50,6 +51,7 @@ __all__ = [
     "init_state",
     "intention",
     "kernels",
+    "planning",
     "propagate",
     "replay",
     "semiring",
