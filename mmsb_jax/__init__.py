@@ -3,7 +3,7 @@
 Every change follows ``state x delta -> state'``; see ``docs/`` for the concepts.
 """
 
-from mmsb_jax import agents, errors, intention, kernels, planning, utility
+from mmsb_jax import agents, errors, intention, kernels, planning, reasoning, utility
 from mmsb_jax.core import semiring
 from mmsb_jax.core.delta import (
     KINDS,
@@ -53,6 +53,7 @@ __all__ = [
     "kernels",
     "planning",
     "propagate",
+    "reasoning",
     "replay",
     "semiring",
     "utility",

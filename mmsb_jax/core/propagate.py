@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmsb_jax.core.delta import _keep_sharding
 from mmsb_jax.core.graph import Derivation, Graph
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import (
@@ -177,9 +178,51 @@ def _recompute(d: Derivation, args: tuple[jax.Array, ...], old: jax.Array, epoch
     return new, epoch + flag.astype(jnp.int32), flag
 
 
+def _float0_like(x: jax.Array) -> np.ndarray:
+    return np.zeros(np.shape(x), jax.dtypes.float0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _maybe_recompute(d: Derivation, use_cond: bool, trigger: jax.Array,
+                     args: tuple[jax.Array, ...], old: jax.Array, epoch: jax.Array):
+    """``(new, epoch', changed)`` of a page whose inputs changed only if ``trigger``.
+
+    With ``use_cond`` the recomputation sits in a ``lax.cond`` branch, so nothing of it runs
+    when the page is cut off; otherwise it is computed and discarded with ``jnp.where``.
+
+    Differentiation: the page's value is ``d.fn(*args)`` whether or not it was recomputed (a
+    cut-off page's inputs are bit-identical to those it was last computed from), so its tangent
+    is always the tangent of ``d.fn`` at ``args`` — never zero just because the value was kept.
+    """
+    if use_cond:
+        # The whole step (value, comparison, epoch) sits in the branch, so nothing of it runs
+        # when the page is cut off.
+        return lax.cond(trigger, lambda xs, o, e: _recompute(d, xs, o, e),
+                        lambda xs, o, e: (o, e, jnp.zeros((), bool)), args, old, epoch)
+    # Not triggered: new is old, so _differs is False without "trigger &"; keeping flags one
+    # level deep stops a scalar chain through every ancestor.
+    new = jnp.where(trigger, _call(d, args), old)
+    flag = _differs(new, old)
+    return new, epoch + flag.astype(jnp.int32), flag
+
+
+@_maybe_recompute.defjvp
+def _maybe_recompute_jvp(d, use_cond, primals, tangents):
+    trigger, args, old, epoch = primals
+    _, targs, _, _ = tangents
+    out = _maybe_recompute(d, use_cond, trigger, args, old, epoch)
+    _, tnew = jax.jvp(lambda *xs: _call(d, xs), args, targs)
+    return out, (tnew, _float0_like(epoch), _float0_like(out[2]))
+
+
 def _propagate_impl(graph: Graph, dirty: tuple[str, ...], skip: str,
-                    pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array]):
-    """Run the plan. ``pages`` holds ``plan.reads``; ``epochs`` holds ``plan.order``."""
+                    pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array],
+                    shardings: tuple[tuple[str, Any], ...] = ()):
+    """Run the plan. ``pages`` holds ``plan.reads``; ``epochs`` holds ``plan.order``.
+
+    ``shardings`` (static) are the recorded shardings of derived pages: each recomputed page is
+    placed back on its recorded sharding, whatever sharding XLA would infer from its inputs.
+    """
     p = _plan_cached(graph, dirty)
     _check_specs(graph, p, pages)
     pages = dict(pages)
@@ -197,27 +240,17 @@ def _propagate_impl(graph: Graph, dirty: tuple[str, ...], skip: str,
             new, epoch, flag = _recompute(d, args, old, epoch)
         else:
             trigger = functools.reduce(jnp.logical_or, flags)
-            if _use_cond(d, skip):
-                # The whole step (value, comparison, epoch) sits in the branch, so nothing of
-                # it runs when the page is cut off.
-                new, epoch, flag = lax.cond(
-                    trigger, lambda xs, o, e, d=d: _recompute(d, xs, o, e),
-                    lambda xs, o, e: (o, e, jnp.zeros((), bool)), args, old, epoch)
-            else:
-                # Not triggered: new is old, so _differs is False without "trigger &"; keeping
-                # flags one level deep stops a scalar chain through every ancestor.
-                new = jnp.where(trigger, _call(d, args), old)
-                flag = _differs(new, old)
-                epoch = epoch + flag.astype(jnp.int32)
+            new, epoch, flag = _maybe_recompute(d, _use_cond(d, skip), trigger, args, old, epoch)
         pages[n] = new
         epochs[n] = epoch
         if changed.get(n) is not True:
             changed[n] = flag
-    out_pages = {n: pages[n] for n in p.order}
+    held = dict(shardings)
+    out_pages = {n: _keep_sharding(pages[n], held.get(n)) for n in p.order}
     return out_pages, epochs, {n: jnp.asarray(changed[n], bool) for n in p.order}
 
 
-_propagate_jit = jax.jit(_propagate_impl, static_argnums=(0, 1, 2))
+_propagate_jit = jax.jit(_propagate_impl, static_argnums=(0, 1, 2, 5))
 
 
 def propagate(graph: Graph, state: State, dirty: str | Iterable[str], *,
@@ -247,6 +280,9 @@ def propagate(graph: Graph, state: State, dirty: str | Iterable[str], *,
       ``state'`` with every affected derived page recomputed once, in topological order, and its
       epoch advanced by one if its value changed; or ``(state', changed)`` with
       ``return_changed=True``.
+      On a sharded state (``init_state(graph.schema, mesh=...)``) every recomputed derived page
+      keeps the sharding recorded in ``state.shardings`` (its ``sharding=`` spec, or replicated);
+      base pages are not touched.
 
     >>> import jax.numpy as jnp, mmsb_jax as mm
     >>> g = mm.Graph(mm.Schema([mm.PageSpec("x", (3,))])).derive("y", ("x",), jnp.sum)
@@ -272,7 +308,9 @@ def propagate(graph: Graph, state: State, dirty: str | Iterable[str], *,
     if p.order:
         pages = {n: state.pages[n] for n in p.reads}
         epochs = {n: state.epochs[n] for n in p.order}
-        new_pages, new_epochs, flags = _propagate_jit(graph, p.dirty, skip, pages, epochs)
+        held = tuple((n, sh) for n, sh in state.shardings if n in set(p.order))
+        new_pages, new_epochs, flags = _propagate_jit(graph, p.dirty, skip, pages, epochs,
+                                                      held)
         new_state = state.with_pages(new_pages, new_epochs)
     else:
         new_state, flags = state, {}

@@ -1,0 +1,86 @@
+"""Layer 8, reasoning: constraint propagation + search, Horn logic, structural inference.
+
+Pure JAX functions that compose under ``jit``/``vmap`` (exposed as ``mm.reasoning``):
+
+* constraints — finite-domain CSPs as boolean domain pages ``bool[V, D]`` with all-different
+  groups (value offsets allowed); vectorised propagation (elimination = arc consistency on the
+  pairwise constraints, plus hidden singles) and depth-first search with a fixed-capacity stack,
+  as one jitted ``while_loop`` (:func:`solve_csp`); front-ends :func:`solve_sudoku`,
+  :func:`solve_nqueens`, :func:`coloring_csp`.
+* logic — Horn rules forward-chained to their least fixed point in the BOOLEAN semiring
+  (:func:`horn_fixpoint`); Datalog-style relations: :func:`transitive_closure`,
+  :func:`ancestors`, :func:`descendants` (agree with networkx).
+* structure — dependency edges between pages inferred from a commit log's co-change
+  statistics (:func:`infer_dependencies`, with :func:`cochange_dependencies` as the simple
+  baseline), change matrices from page sets or an ``mm.TLog``.
+"""
+
+from mmsb_jax.reasoning.constraints import (
+    CSP,
+    CSPSolution,
+    Propagation,
+    SearchStatus,
+    check_assignment,
+    coloring_csp,
+    make_csp,
+    nqueens_csp,
+    parse_sudoku,
+    propagate_csp,
+    solve_csp,
+    solve_nqueens,
+    solve_sudoku,
+    sudoku_csp,
+)
+from mmsb_jax.reasoning.logic import (
+    HornResult,
+    HornRules,
+    ancestors,
+    descendants,
+    horn_fixpoint,
+    horn_rules,
+    transitive_closure,
+)
+from mmsb_jax.reasoning.structure import (
+    CoChange,
+    DependencyFit,
+    changes_from_commits,
+    changes_from_log,
+    cochange_dependencies,
+    cochange_stats,
+    edge_precision_recall,
+    infer_dependencies,
+    transitive_reduction,
+)
+
+__all__ = [
+    "CSP",
+    "CSPSolution",
+    "CoChange",
+    "DependencyFit",
+    "HornResult",
+    "HornRules",
+    "Propagation",
+    "SearchStatus",
+    "ancestors",
+    "changes_from_commits",
+    "changes_from_log",
+    "check_assignment",
+    "cochange_dependencies",
+    "cochange_stats",
+    "coloring_csp",
+    "descendants",
+    "edge_precision_recall",
+    "horn_fixpoint",
+    "horn_rules",
+    "infer_dependencies",
+    "make_csp",
+    "nqueens_csp",
+    "parse_sudoku",
+    "propagate_csp",
+    "solve_csp",
+    "solve_nqueens",
+    "solve_sudoku",
+    "sudoku_csp",
+    "transitive_closure",
+    "transitive_reduction",
+]

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
+import mmsb_jax as mm
 from mmsb_jax.core import propagate as propagate_mod
 from mmsb_jax.core.delta import Delta, apply, apply_batch
 from mmsb_jax.core.graph import Graph
@@ -463,3 +464,20 @@ def test_vmap_over_a_batch_of_states(skip):
             assert int(out[0].epochs[n][i]) == int(one.epochs[n])
             assert bool(jnp.broadcast_to(out[1][n], (3,))[i]) == bool(changed[n])
     assert [int(e) for e in out[0].epochs["tot"]] == [1, 2, 2]
+
+
+@pytest.mark.parametrize("skip", ["where", "cond", "auto"])
+def test_gradient_flows_through_cut_off_pages(skip):
+    """An unchanged (cut-off) page still has the derivative of its function."""
+    base = mm.Schema([mm.PageSpec("pos", (4,), "float32")])
+    g = (mm.Graph(base).derive("sq", ("pos",), lambda p: p * p)
+         .derive("pot", ("sq",), lambda s: jnp.sum(s)[None]))
+    st = mm.propagate(g, mm.init_state(g.schema).with_pages({"pos": jnp.arange(4.0)}), ("pos",))
+
+    def pot(v):
+        s2 = mm.propagate(g, mm.apply(st, mm.Delta.full("pos", v, "add")), ("pos",), skip=skip)
+        return s2.pages["pot"][0]
+
+    # At v = 0 the add changes no bit, so "sq" is cut off; d pot / d v = 2 * pos regardless.
+    np.testing.assert_allclose(jax.grad(pot)(jnp.zeros(4)), [0.0, 2.0, 4.0, 6.0])
+    np.testing.assert_allclose(jax.jit(jax.grad(pot))(jnp.zeros(4)), [0.0, 2.0, 4.0, 6.0])
