@@ -139,8 +139,11 @@ class CheckpointStore:
         if seq not in self.steps():
             raise UnknownSeqError(f"no checkpoint at seq {seq} in {self.directory}")
         with self._lock:
-            out = self._manager.restore(seq, args=ocp.args.Composite(
-                manifest=ocp.args.JsonRestore()))
+            try:
+                out = self._manager.restore(seq, args=ocp.args.Composite(
+                    manifest=ocp.args.JsonRestore()))
+            except ValueError as e:  # not JSON / not UTF-8 (JSONDecodeError, UnicodeDecodeError)
+                raise FormatError(f"checkpoint {seq}: unreadable manifest: {e}") from e
         manifest = out["manifest"]
         if (not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT):
             raise FormatError(f"checkpoint {seq}: not an mmsb-jax manifest")
@@ -227,20 +230,30 @@ class CheckpointStore:
 
         Raises:
           SchemaMismatchError: the checkpoint was written for another schema.
+          SchemaError: ``mesh`` lacks an axis that a page's ``sharding`` names.
           UnknownSeqError: no complete checkpoint at ``seq``. FormatError: bad manifest.
         """
         ocp = _ocp()
         manifest = self.manifest(seq)
         try:
             stored = Schema.from_json(manifest["schema"])
-        except (KeyError, SchemaError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, SchemaError) as e:
             raise FormatError(f"checkpoint {seq}: bad schema in manifest: {e}") from e
         if stored != schema:
             raise SchemaMismatchError(f"checkpoint {seq} in {self.directory} was written for a "
                                       f"different schema:\n  expected: {schema}\n"
                                       f"  stored:   {stored}")
+        if mesh is not None:
+            for spec in schema:
+                for axis in spec.sharding or ():
+                    for name in (axis if isinstance(axis, tuple) else (axis,)):
+                        if name is not None and name not in mesh.axis_names:
+                            raise SchemaError(f"page {spec.name!r} is sharded over mesh axis "
+                                              f"{name!r}; the mesh has {mesh.axis_names}")
         epochs_in = manifest.get("epochs", {})
-        if set(epochs_in) != set(schema.names) or manifest.get("seq") != seq:
+        if (not isinstance(epochs_in, dict) or set(epochs_in) != set(schema.names)
+                or manifest.get("seq") != seq
+                or not all(type(v) is int and 0 <= v < 2**31 for v in epochs_in.values())):
             raise FormatError(f"checkpoint {seq}: manifest epochs/seq do not match")
 
         def sharding_of(spec) -> jax.sharding.Sharding:
@@ -265,7 +278,11 @@ class CheckpointStore:
             if spec.size == 0:
                 pages[spec.name] = jnp.zeros(spec.shape, spec.dtype, device=sharding_of(spec))
             epochs[spec.name] = jax.device_put(np.int32(epochs_in[spec.name]), scalar)
-        return State(pages={n: pages[n] for n in schema.names}, epochs=epochs), manifest
+        # Record the shardings as init_state(schema, mesh=mesh) does, so that later applies keep
+        # them even where traced pages carry none (inside jit on an auto-sharding mesh).
+        recorded = () if mesh is None else tuple((s.name, sharding_of(s)) for s in schema)
+        return State(pages={n: pages[n] for n in schema.names}, epochs=epochs,
+                     shardings=recorded), manifest
 
     def close(self) -> None:
         """Wait for pending saves and close the manager."""

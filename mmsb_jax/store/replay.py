@@ -34,55 +34,69 @@ DEFAULT_CHUNK_BYTES = 64 << 20
 PROGRESS_MIN_TXNS = 2000
 
 
+# ``shardings`` (static) is the State's recorded page shardings: traced pages on an auto mesh
+# carry none, and apply_batch needs them to keep every page's sharding (and to merge row deltas
+# on row-sharded pages per shard).
 def _txn_apply_impl(pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
-                    deltas: list[Delta]):
-    out = apply_batch(State(pages=pages, epochs=epochs), deltas)
+                    deltas: list[Delta], shardings: tuple = ()):
+    out = apply_batch(State(pages=pages, epochs=epochs, shardings=shardings), deltas)
     return dict(out.pages), dict(out.epochs)
 
 
-_txn_apply = jax.jit(_txn_apply_impl)
+_txn_apply = jax.jit(_txn_apply_impl, static_argnums=3)
 
 
 def _scan_impl(pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
-               stacked: list[Delta]):
+               stacked: list[Delta], shardings: tuple = ()):
     def body(carry, deltas):
-        return _txn_apply_impl(carry[0], carry[1], deltas), None
+        return _txn_apply_impl(carry[0], carry[1], deltas, shardings), None
 
     (pages, epochs), _ = lax.scan(body, (pages, epochs), stacked)
     return pages, epochs
 
 
-_scan = jax.jit(_scan_impl)
+_scan = jax.jit(_scan_impl, static_argnums=3)
 
 
 # With a graph, a transaction is apply_batch followed by propagation of the pages it touched.
 # The carry is then every page (derived pages read base pages the transaction did not touch).
 def _txn_graph_impl(graph: Any, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
-                    deltas: list[Delta]):
+                    deltas: list[Delta], shardings: tuple = ()):
     from mmsb_jax.core.propagate import propagate
 
-    out = apply_batch(State(pages=pages, epochs=epochs), deltas)
+    out = apply_batch(State(pages=pages, epochs=epochs, shardings=shardings), deltas)
     out = propagate(graph, out, tuple(_touched(deltas)))
     return dict(out.pages), dict(out.epochs)
 
 
-_txn_graph = jax.jit(_txn_graph_impl, static_argnums=0)
+_txn_graph = jax.jit(_txn_graph_impl, static_argnums=(0, 4))
 
 
 def _scan_graph_impl(graph: Any, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
-                     stacked: list[Delta]):
+                     stacked: list[Delta], shardings: tuple = ()):
     def body(carry, deltas):
-        return _txn_graph_impl(graph, carry[0], carry[1], deltas), None
+        return _txn_graph_impl(graph, carry[0], carry[1], deltas, shardings), None
 
     (pages, epochs), _ = lax.scan(body, (pages, epochs), stacked)
     return pages, epochs
 
 
-_scan_graph = jax.jit(_scan_graph_impl, static_argnums=0)
+_scan_graph = jax.jit(_scan_graph_impl, static_argnums=(0, 4))
 
 
 def _touched(deltas: Sequence[Delta]) -> list[str]:
     return list(dict.fromkeys(d.page for d in deltas))
+
+
+def _shardings_of(state: State, names: Sequence[str]) -> tuple:
+    """The recorded shardings of ``names`` (a static jit argument; one per touched set)."""
+    wanted = set(names)
+    return tuple((n, sh) for n, sh in state.shardings if n in wanted)
+
+
+def _jitted(fn: Any, shardings: tuple, *args: Any) -> Any:
+    """``fn(*args)``, passing the static ``shardings`` last only when there are any."""
+    return fn(*args, shardings) if shardings else fn(*args)
 
 
 def _check_pages(state: State, deltas: Sequence[Delta]) -> None:
@@ -118,11 +132,13 @@ def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = Tr
     if check:
         _check_pages(state, deltas)
     if graph is not None:
-        pages, epochs = _txn_graph(graph, dict(state.pages), dict(state.epochs), deltas)
+        pages, epochs = _jitted(_txn_graph, state.shardings, graph, dict(state.pages),
+                                dict(state.epochs), deltas)
         return state.with_pages(pages, epochs)
     names = _touched(deltas)
-    pages, epochs = _txn_apply({n: state.pages[n] for n in names},
-                               {n: state.epochs[n] for n in names}, deltas)
+    pages, epochs = _jitted(_txn_apply, _shardings_of(state, names),
+                            {n: state.pages[n] for n in names},
+                            {n: state.epochs[n] for n in names}, deltas)
     return state.with_pages(pages, epochs)
 
 
@@ -216,18 +232,21 @@ class _Runner:
         if self.graph is not None:
             pages, epochs = dict(state.pages), dict(state.epochs)
             if stacked is None:
-                pages, epochs = _txn_graph(self.graph, pages, epochs, list(txns[0]))
+                pages, epochs = _jitted(_txn_graph, state.shardings, self.graph, pages, epochs,
+                                        list(txns[0]))
             else:
-                pages, epochs = _scan_graph(self.graph, pages, epochs, stacked)
+                pages, epochs = _jitted(_scan_graph, state.shardings, self.graph, pages, epochs,
+                                        stacked)
             self.state = state.with_pages(pages, epochs)
             return
         names = _touched(txns[0])
         pages = {n: state.pages[n] for n in names}
         epochs = {n: state.epochs[n] for n in names}
+        shardings = _shardings_of(state, names)
         if stacked is None:
-            pages, epochs = _txn_apply(pages, epochs, list(txns[0]))
+            pages, epochs = _jitted(_txn_apply, shardings, pages, epochs, list(txns[0]))
         else:
-            pages, epochs = _scan(pages, epochs, stacked)
+            pages, epochs = _jitted(_scan, shardings, pages, epochs, stacked)
         self.state = state.with_pages(pages, epochs)
 
 
