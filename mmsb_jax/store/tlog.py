@@ -552,7 +552,14 @@ class TLog:
             if self.sync_policy == "batch":
                 self._unsynced += 1
                 if self._unsynced >= self.batch_commits:
-                    self._sync_locked()
+                    try:
+                        self._sync_locked()
+                    except StoreError as e:
+                        # the caller is told this commit failed: it must not stay in the log
+                        self._undo_to(start, e)
+                        self._segments[-1] = seg
+                        self._txn_start = None
+                        raise
                 elif self._unsynced == 1:
                     # the first unsynced commit starts the flusher's timer; later ones need not
                     # wake it (a wake-up per commit costs a context switch and lock traffic)
@@ -586,8 +593,11 @@ class TLog:
             self._txn_start = None
 
     def _roll(self) -> None:
-        if self.sync_policy != "never":
-            self._sync_locked()
+        # Even under "never" the finished segment is fsynced once (one fsync per segment), so
+        # an OS crash can damage only the newest segment and recovery still finds a prefix.
+        if self.sync_policy == "never":
+            self._unsynced = 1
+        self._sync_locked()
         seg = self._segments[-1]
         self._create_segment(seg.number + 1, seg.last_seq)
         self._txn_start = None
