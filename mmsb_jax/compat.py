@@ -157,7 +157,11 @@ def create_page(state: MMSBState, size: int = 4096, location: Any = "cpu") -> Co
         pid = state._next_id
         state._next_id += 1
         name = f"page_{pid}"
-        page = jax.device_put(jnp.zeros((size,), jnp.uint8), device)
+        try:
+            page = jax.device_put(jnp.zeros((size,), jnp.uint8), device)
+        except Exception as e:  # e.g. XLA's RESOURCE_EXHAUSTED for a huge page
+            state._next_id -= 1
+            raise ShapeError(f"cannot allocate a {size}-byte page on {loc}: {e}") from e
         state.state = state.state.with_pages({name: page}, {name: jnp.zeros((), jnp.int32)})
         handle = CompatPage(pid, size, loc)
         state.pages[pid] = handle

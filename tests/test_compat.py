@@ -84,3 +84,10 @@ def test_gpu_location_uses_a_gpu_or_raises_clearly():
         with pytest.raises(errors.DeviceUnavailableError, match="no GPU"):
             compat.create_page(state, size=8, location=":gpu")
         assert state.pages == {}
+
+
+def test_huge_page_is_a_typed_error_and_ids_stay_dense():
+    state = compat.mmsb_start()
+    with pytest.raises(errors.ShapeError, match="cannot allocate"):
+        compat.create_page(state, size=2**62)
+    assert compat.create_page(state, size=4).id == 1

@@ -165,6 +165,14 @@ class Delta:
           op: one of :data:`OPS`. Duplicates: ``set`` keeps the last, others combine in order.
         """
         _check_op_name(op)
+        if not isinstance(indices, jax.Array | jax.core.Tracer):
+            host = np.asarray(indices)
+            if host.dtype.kind in "iu" and host.size and (
+                    host.min() < np.iinfo(np.int32).min or host.max() > np.iinfo(np.int32).max):
+                # Checked before the int32 cast, which would wrap 2**32 + 3 to row 3.
+                raise IndexOutOfRangeError(
+                    f"rows delta on {page!r}: indices outside the int32 range "
+                    f"(min {host.min()}, max {host.max()})")
         idx = jnp.asarray(indices)
         if idx.ndim != 1:
             raise ShapeError(f"rows delta on {page!r}: indices must be 1-D, got shape {idx.shape}")

@@ -9,6 +9,7 @@ registered pytree: it passes through ``jit``, ``vmap``, ``grad`` and ``jax.tree`
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -54,9 +55,10 @@ class PageSpec:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise SchemaError(f"invalid page name {self.name!r}")
         try:
-            shape = tuple(int(s) for s in self.shape)
+            shape = tuple(operator.index(s) for s in self.shape)
         except TypeError as e:
-            raise SchemaError(f"page {self.name!r}: shape must be a tuple of ints") from e
+            raise SchemaError(f"page {self.name!r}: shape must be a tuple of ints, got "
+                              f"{self.shape!r}") from e
         if any(s < 0 for s in shape):
             raise SchemaError(f"page {self.name!r}: negative dimension in {shape}")
         object.__setattr__(self, "shape", shape)

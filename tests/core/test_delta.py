@@ -340,3 +340,8 @@ def test_eager_apply_reuses_its_compiled_merge():
     for _ in range(5):
         run()
     assert delta_mod._apply_jit._cache_size() == size
+
+
+def test_indices_beyond_int32_are_refused_not_wrapped():
+    with pytest.raises(errors.IndexOutOfRangeError, match="int32"):
+        mm.Delta.rows("p", np.array([2**32 + 3], np.int64), np.ones((1, WIDTH), np.float32))

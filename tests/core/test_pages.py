@@ -107,3 +107,9 @@ def test_state_passes_through_jit_vmap_and_grad():
     np.testing.assert_allclose(g.pages["x"], 4 * np.ones(3))  # d/dx (2x+1)^2 at x=0
     gp = jax.grad(lambda p: loss(state.replace(pages=p)))(dict(state.pages))
     np.testing.assert_allclose(gp["x"], 4 * np.ones(3))
+
+
+@pytest.mark.parametrize("shape", [(2.5,), ("two",), (None,)])
+def test_non_integer_shapes_are_schema_errors(shape):
+    with pytest.raises(errors.SchemaError):
+        mm.PageSpec("a", shape)
