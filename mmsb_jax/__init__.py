@@ -3,7 +3,16 @@
 Every change follows ``state x delta -> state'``; see ``docs/`` for the concepts.
 """
 
-from mmsb_jax import agents, errors, intention, kernels, planning, reasoning, utility
+from mmsb_jax import (
+    adaptive,
+    agents,
+    errors,
+    intention,
+    kernels,
+    planning,
+    reasoning,
+    utility,
+)
 from mmsb_jax.core import semiring
 from mmsb_jax.core.delta import (
     KINDS,
@@ -40,6 +49,7 @@ __all__ = [
     "State",
     "TLog",
     "__version__",
+    "adaptive",
     "agents",
     "apply",
     "apply_batch",
