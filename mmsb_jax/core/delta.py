@@ -68,6 +68,7 @@ __all__ = [
     "row_sharding",
     "segmented_scan",
     "validate",
+    "validate_deltas",
     "winning_rows",
 ]
 
@@ -295,7 +296,8 @@ def validate(delta: Delta, page: Any, *, check_values: bool = True) -> None:
                          f"!= page shape {shape}")
 
 
-def _validate_against_state(state: State, deltas: Sequence[Delta]) -> None:
+def validate_deltas(state: State, deltas: Sequence[Delta]) -> None:
+    """Validate every delta against ``state`` (typed errors; see :func:`validate`)."""
     for d in deltas:
         if not isinstance(d, Delta):
             raise TypeError(f"expected a Delta, got {type(d).__name__}")
@@ -583,7 +585,7 @@ def apply(state: State, delta: Delta) -> State:
     >>> s.pages["x"].tolist(), int(s.epochs["x"])
     ([1, 0, 9], 1)
     """
-    _validate_against_state(state, [delta])
+    validate_deltas(state, [delta])
     return _run(state, [delta])
 
 
@@ -610,7 +612,7 @@ def apply_batch(state: State, deltas: Sequence[Delta]) -> State:
     deltas = list(deltas)
     if not deltas:
         return state
-    _validate_against_state(state, deltas)
+    validate_deltas(state, deltas)
     return _run(state, _merge_runs(deltas))
 
 

@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from jax import lax
 
-from mmsb_jax.core.delta import PADDING, Delta, apply_batch, validate
+from mmsb_jax.core.delta import PADDING, Delta, apply_batch, validate_deltas
 from mmsb_jax.core.pages import State
-from mmsb_jax.errors import IndexOutOfRangeError, StoreError, UnknownPageError
+from mmsb_jax.errors import IndexOutOfRangeError, StoreError
 from mmsb_jax.store.format import Transaction
 
 __all__ = ["apply_transaction", "replay", "replay_with_seq", "txn_structure"]
@@ -99,13 +99,7 @@ def _jitted(fn: Any, shardings: tuple, *args: Any) -> Any:
     return fn(*args, shardings) if shardings else fn(*args)
 
 
-def _check_pages(state: State, deltas: Sequence[Delta]) -> None:
-    for d in deltas:
-        if not isinstance(d, Delta):
-            raise TypeError(f"expected a Delta, got {type(d).__name__}")
-        if d.page not in state.pages:
-            raise UnknownPageError(d.page, tuple(state.pages))
-        validate(d, state.pages[d.page])
+_check_pages = validate_deltas
 
 
 def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = True,
