@@ -6,6 +6,7 @@ Every change follows ``state x delta -> state'``; see ``docs/`` for the concepts
 from mmsb_jax import (
     adaptive,
     agents,
+    apps,
     errors,
     intention,
     kernels,
@@ -51,6 +52,7 @@ __all__ = [
     "__version__",
     "adaptive",
     "agents",
+    "apps",
     "apply",
     "apply_batch",
     "apply_page",

@@ -1,0 +1,325 @@
+"""Multi-agent shared state: several agents change shared pages in one step.
+
+Each agent submits its own deltas. The merge is deterministic: submissions are ordered by agent
+id (never by arrival order), concatenated, and applied as one transaction, so conflicts are
+resolved by the delta ops themselves:
+
+* ``set``: on a row or element written by several agents, the highest agent id wins (the last
+  write in agent-id order);
+* ``add`` / ``mul``: contributions combine, in agent-id order (so floats round the same way
+  every time);
+* ``max`` / ``min`` / ``or`` / ``and``: claims, flags and bounds combine order-independently.
+
+:func:`merge_submissions` and :func:`commit_agents` work on Python sequences of deltas (any
+structure); :func:`stack_merge` merges deltas of equal structure stacked along a leading agent
+axis inside ``jit``/``vmap`` (one row delta of capacity ``A * k``, or a fold of masked/full
+deltas), which is what a vectorised multi-agent environment needs.
+
+:class:`Foraging` is a cooperative multi-agent environment on that mechanism (a
+:class:`~mmsb_jax.agents.BusEnv` whose action is one action per agent): agents walk on a grid,
+claim the cell they stand on with a ``max`` delta on a shared ``claims`` page, and the team is
+rewarded for the food on claimed cells; two agents on one cell collect it once, so the team
+does best when its agents spread over the food.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmsb_jax.agents._env import OBS_PAGE, BusEnv, Transition
+from mmsb_jax.core.delta import Delta, apply_batch, compose
+from mmsb_jax.core.graph import Graph
+from mmsb_jax.core.pages import PageSpec, Schema, State
+from mmsb_jax.errors import OptionError, ShapeError
+
+__all__ = [
+    "Foraging",
+    "ForagingParams",
+    "apply_agents",
+    "commit_agents",
+    "merge_submissions",
+    "stack_merge",
+]
+
+Submissions = Mapping[int, Sequence[Delta] | Delta] | Iterable[tuple[int, Sequence[Delta] | Delta]]
+
+
+def _ordered(submissions: Submissions) -> list[tuple[int, list[Delta]]]:
+    items = submissions.items() if isinstance(submissions, Mapping) else submissions
+    out: list[tuple[int, list[Delta]]] = []
+    seen: set[int] = set()
+    for item in items:
+        try:
+            agent, deltas = item
+        except (TypeError, ValueError):
+            raise OptionError("submissions must be {agent_id: deltas} or (agent_id, deltas) "
+                              f"pairs, got {item!r}") from None
+        if isinstance(agent, bool) or not isinstance(agent, int | np.integer) or agent < 0:
+            raise OptionError(f"agent ids must be ints >= 0, got {agent!r}")
+        if int(agent) in seen:
+            raise OptionError(f"agent {agent} submitted twice; merge its deltas into one "
+                              "submission")
+        seen.add(int(agent))
+        deltas = [deltas] if isinstance(deltas, Delta) else list(deltas)
+        for d in deltas:
+            if not isinstance(d, Delta):
+                raise TypeError(f"agent {agent} submitted a {type(d).__name__}, not a Delta")
+        out.append((int(agent), deltas))
+    out.sort(key=lambda t: t[0])
+    return out
+
+
+def merge_submissions(submissions: Submissions) -> list[Delta]:
+    """The deltas of all agents in deterministic agent-id order.
+
+    Args:
+      submissions: ``{agent_id: [Delta, ...]}`` or an iterable of ``(agent_id, deltas)``
+        pairs, in any order (a single Delta may stand for a one-element list).
+
+    Returns:
+      One list: agent 0's deltas, then agent 1's, ... (each agent's own order kept). Applied
+      with :func:`mmsb_jax.apply_batch` (or committed as one transaction) the ops resolve
+      conflicts: ``set`` keeps the highest agent id, other ops combine.
+
+    Raises:
+      OptionError: a negative, non-integer or repeated agent id. TypeError: not a Delta.
+    """
+    return [d for _, deltas in _ordered(submissions) for d in deltas]
+
+
+def commit_agents(target: Any, submissions: Submissions) -> Any:
+    """Apply every agent's deltas at once, in agent-id order, as one transaction.
+
+    Args:
+      target: a :class:`~mmsb_jax.State` (returns the new State) or a
+        :class:`~mmsb_jax.Bus` (commits one transaction and returns its ``CommitInfo``).
+      submissions: as :func:`merge_submissions`.
+
+    Returns:
+      The new State, or the bus's ``CommitInfo``.
+
+    Raises:
+      The typed errors of validation (``UnknownPageError``, ``DTypeError``, ``ShapeError``,
+      ``IndexOutOfRangeError``, ``OpError``) before anything is applied, and those of
+      :func:`merge_submissions`.
+    """
+    deltas = merge_submissions(submissions)
+    if isinstance(target, State):
+        return apply_batch(target, deltas)
+    if hasattr(target, "commit"):
+        return target.commit(deltas)
+    raise OptionError(f"commit_agents needs a State or a Bus, got {type(target).__name__}")
+
+
+def stack_merge(stacked: Delta) -> Delta:
+    """Merge ``A`` agents' deltas of equal structure, stacked on a leading agent axis.
+
+    Agent ``a`` is row ``a`` of every leaf. Traceable: use it inside ``jit``/``vmap``.
+
+    Args:
+      stacked: a Delta whose leaves carry a leading axis ``A``: for ``rows``,
+        ``indices: int32[A, k]`` and ``values: [A, k, *row]``; for ``masked``,
+        ``mask: bool[A, *S]`` and ``values: [A, *S]``; for ``full``, ``values: [A, *S]``.
+
+    Returns:
+      One delta equal to applying agent 0's, then agent 1's, ... deltas: a ``rows`` delta of
+      capacity ``A * k`` (agent-major), or the ``compose`` fold of the masked/full deltas. Its
+      ``count`` is ``A * stacked.count`` (the page's epoch advances once per agent delta).
+
+    Raises:
+      ShapeError: the leaves have no leading agent axis or disagree on it.
+    """
+    if not isinstance(stacked, Delta):
+        raise TypeError(f"stack_merge expects a Delta, got {type(stacked).__name__}")
+    values = stacked.values
+    if values.ndim < 1 or (stacked.kind == "rows" and values.ndim < 2):
+        raise ShapeError(f"stacked delta on {stacked.page!r}: values {values.shape} have no "
+                         "leading agent axis")
+    num = values.shape[0]
+    if stacked.kind == "rows":
+        idx = stacked.indices
+        if idx.ndim != 2 or idx.shape[0] != num or values.shape[1] != idx.shape[1]:
+            raise ShapeError(f"stacked rows delta on {stacked.page!r}: indices {idx.shape} and "
+                             f"values {values.shape} must be [A, k] and [A, k, *row]")
+        merged = Delta.rows(stacked.page, idx.reshape(-1),
+                            values.reshape(num * idx.shape[1], *values.shape[2:]), stacked.op)
+        return merged.with_count(num * stacked.count)
+    if stacked.kind == "masked" and stacked.mask.shape != values.shape:
+        raise ShapeError(f"stacked masked delta on {stacked.page!r}: mask {stacked.mask.shape} "
+                         f"!= values {values.shape}")
+    parts = [Delta(indices=None,
+                   mask=None if stacked.mask is None else stacked.mask[a],
+                   values=values[a], page=stacked.page, kind=stacked.kind, op=stacked.op,
+                   count=stacked.count) for a in range(num)]
+    out = parts[0]
+    for d in parts[1:]:
+        out = compose(out, d)
+    return out
+
+
+def apply_agents(state: State, stacked: Sequence[Delta]) -> State:
+    """Apply stacked per-agent deltas (see :func:`stack_merge`) in agent-id order.
+
+    Pure and traceable. ``stacked[i]`` holds every agent's ``i``-th delta; the merged deltas
+    are applied with :func:`mmsb_jax.apply_batch` in the order given.
+
+    Args:
+      state: the shared State.
+      stacked: deltas with a leading agent axis ``A`` on every leaf.
+
+    Returns:
+      The new State.
+    """
+    return apply_batch(state, [stack_merge(d) for d in stacked])
+
+
+# -- a cooperative task -------------------------------------------------------------------------
+
+_MOVES = np.array([[0, 0], [-1, 0], [0, 1], [1, 0], [0, -1]], np.int32)  # stay, N, E, S, W
+
+
+class ForagingParams(NamedTuple):
+    """Parameters of :class:`Foraging`.
+
+    Attributes:
+      episode_len: steps per episode (then the episode is truncated).
+      food_density: probability that a cell holds food at the start of an episode.
+      regrow: probability per step that an empty, unoccupied cell grows food.
+    """
+
+    episode_len: int = 32
+    food_density: float = 0.15
+    regrow: float = 0.01
+
+
+class Foraging(BusEnv):
+    """Cooperative foraging: ``A`` agents on a ``G x G`` grid share a team reward.
+
+    Pages: ``agents/pos: int32[A, 2]`` (row, column of each agent, one row per agent),
+    ``food: float32[G, G]`` (1 where food lies), ``claims: int32[G * G]`` (the highest
+    ``agent id + 1`` standing on each cell this step, 0 if none), ``collected: float32[]``
+    (food collected this episode) and ``t: int32[]``; derived by propagation:
+    ``obs: float32[A, 2 * (2G - 1)^2 + 2]`` — for each agent an egocentric
+    ``(2G - 1) x (2G - 1)`` window of the food map and one of the other agents' positions
+    (counts), centred on the agent (zeros off the grid), then its own position scaled to
+    ``[0, 1]``.
+
+    A step takes one action per agent (``0`` stay, ``1`` north, ``2`` east, ``3`` south,
+    ``4`` west; moves off the grid are clipped). Every agent submits two deltas: a ``set`` of its
+    own row of ``agents/pos`` and a ``max`` claim of its new cell on ``claims``; the submissions
+    are merged in agent-id order (:func:`stack_merge`). The food on claimed cells is then
+    collected (once per cell, however many agents stand on it) and is the team reward of the
+    step; empty, unclaimed cells regrow food with probability ``regrow``.
+
+    Args:
+      num_agents: ``A`` (>= 1).
+      grid: ``G`` (>= 2).
+    """
+
+    def __init__(self, num_agents: int = 3, grid: int = 7):
+        num_agents, grid = int(num_agents), int(grid)
+        if num_agents < 1:
+            raise OptionError(f"num_agents must be >= 1, got {num_agents}")
+        if grid < 2:
+            raise OptionError(f"grid must be >= 2, got {grid}")
+        self.num_agents, self.grid = num_agents, grid
+        schema = Schema([PageSpec("agents/pos", (num_agents, 2), "int32"),
+                         PageSpec("food", (grid, grid), "float32"),
+                         PageSpec("claims", (grid * grid,), "int32"),
+                         PageSpec("collected", (), "float32"),
+                         PageSpec("t", (), "int32")])
+        super().__init__(Graph(schema).derive(OBS_PAGE, ("agents/pos", "food"), self._observe))
+
+    def _observe(self, pos: jax.Array, food: jax.Array) -> jax.Array:
+        g = self.grid
+        side = 2 * g - 1
+        occupied = jnp.zeros((g, g), jnp.float32).at[pos[:, 0], pos[:, 1]].add(1.0)
+
+        def view(agent_pos: jax.Array) -> jax.Array:
+            # Egocentric windows: cell (g - 1, g - 1) of a window is the agent's own cell.
+            def window(grid_map: jax.Array) -> jax.Array:
+                padded = jnp.pad(grid_map, g - 1)
+                return jax.lax.dynamic_slice(padded, (agent_pos[0], agent_pos[1]), (side, side))
+
+            others = occupied.at[agent_pos[0], agent_pos[1]].add(-1.0)
+            where = agent_pos.astype(jnp.float32) / (g - 1)
+            return jnp.concatenate([window(food).ravel(), window(others).ravel(), where])
+
+        return jax.vmap(view)(pos)
+
+    @property
+    def default_params(self) -> ForagingParams:
+        """:class:`ForagingParams` defaults."""
+        return ForagingParams()
+
+    @property
+    def num_actions(self) -> int:
+        """5 per agent: stay, north, east, south, west."""
+        return 5
+
+    @property
+    def obs_dim(self) -> int:
+        """``2 * (2G - 1)^2 + 2``, the observation size of one agent."""
+        return 2 * (2 * self.grid - 1) ** 2 + 2
+
+    def initial_deltas(self, key: jax.Array, params: Any) -> list[Delta]:
+        """Random agent cells and a random food map (density ``food_density``)."""
+        k_pos, k_food = jax.random.split(key)
+        g = self.grid
+        pos = jax.random.randint(k_pos, (self.num_agents, 2), 0, g, jnp.int32)
+        food = jax.random.bernoulli(k_food, params.food_density, (g, g)).astype(jnp.float32)
+        return [Delta.full("agents/pos", pos), Delta.full("food", food)]
+
+    def agent_deltas(self, state: State, actions: jax.Array) -> list[Delta]:
+        """Every agent's submission, stacked on a leading agent axis (before merging).
+
+        Args:
+          state: the current State.
+          actions: ``int32[A]``.
+
+        Returns:
+          ``[rows set on agents/pos: indices [A, 1], values [A, 1, 2];
+          rows max on claims: indices [A, 1], values [A, 1]]``.
+        """
+        actions = jnp.asarray(actions)
+        if actions.shape != (self.num_agents,):
+            raise ShapeError(f"Foraging takes one action per agent: shape "
+                             f"({self.num_agents},), got {actions.shape}")
+        ids = jnp.arange(self.num_agents, dtype=jnp.int32)
+        pos = state.pages["agents/pos"]
+        new = jnp.clip(pos + jnp.asarray(_MOVES)[actions], 0, self.grid - 1)
+        cell = new[:, 0] * self.grid + new[:, 1]
+        return [Delta(indices=ids[:, None], mask=None, values=new[:, None, :],
+                      page="agents/pos", kind="rows", op="set"),
+                Delta(indices=cell[:, None], mask=None, values=(ids + 1)[:, None],
+                      page="claims", kind="rows", op="max")]
+
+    def transition(self, key: jax.Array, state: State, action: jax.Array,
+                   params: Any) -> Transition:
+        """Merge the agents' submissions, collect the food on claimed cells, regrow food.
+
+        Returns a :class:`~mmsb_jax.agents.Transition` whose reward is the food collected by
+        the team; ``info["claims"]`` is the ``int32[G * G]`` claims page of the step.
+        """
+        g = self.grid
+        reset = Delta.full("claims", jnp.zeros((g * g,), jnp.int32))
+        moved = [reset, *[stack_merge(d) for d in self.agent_deltas(state, action)]]
+        after = apply_batch(state, moved)
+        claimed = (after.pages["claims"] > 0).reshape(g, g)
+        food = after.pages["food"]
+        reward = jnp.sum(jnp.where(claimed, food, 0.0))
+        grow = jax.random.bernoulli(key, params.regrow, (g, g)) & ~claimed & (food == 0)
+        deltas = [*moved,
+                  Delta.masked("food", claimed | grow, jnp.where(grow, 1.0, 0.0)),
+                  Delta.full("collected", reward, op="add"),
+                  Delta.full("t", jnp.ones((), jnp.int32), op="add")]
+        return Transition(deltas, reward, jnp.zeros((), bool), {"claims": after.pages["claims"]})
+
+    def is_truncated(self, state: State, params: Any) -> jax.Array:
+        """The episode ends after ``episode_len`` steps."""
+        return state.pages["t"] >= params.episode_len

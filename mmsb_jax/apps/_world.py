@@ -1,0 +1,889 @@
+"""World simulation on the bus: entities as struct-of-arrays pages, physics as propagation.
+
+A world has a fixed capacity ``N`` of entity slots. Its base pages are
+
+* ``pos: float32[N, 2]``, ``vel: float32[N, 2]``: position and velocity,
+* ``radius: float32[N]``, ``mass: float32[N]``: disc radius and mass,
+* ``kind: int32[N]``: a user label (an int, or an index into ``World(kinds=...)``),
+* ``alive: bool[N]``: which slots hold an entity (free slots are ``False``),
+* ``tick: int32[]``: the number of steps taken.
+
+Physics is a set of derived pages of an :class:`mmsb_jax.Graph` (:func:`world_graph`):
+
+* ``physics/vel: float32[N, 2]``: velocities after this step's collisions (the *narrow
+  phase*: a two-body impulse along the line of centres for every overlapping pair that is
+  approaching; several contacts are resolved as a sequence of matchings, see :func:`collide`,
+  so momentum and, for elastic collisions, kinetic energy are conserved). Candidate pairs come
+  from all ``N^2`` pairs or from a uniform grid (the *broad phase*, see below).
+* ``physics/next_pos``, ``physics/next_vel: float32[N, 2]``: semi-implicit Euler integration
+  ``p + dt * v`` followed by reflection off the walls of the box ``[0, W] x [0, H]``.
+* ``energy: float32[]``, ``momentum: float32[2]``: kinetic energy and momentum of live entities.
+* ``overflow: bool[]``: the grid broad phase dropped candidates because three neighbouring
+  cells of one row held more than ``max_per_row`` entities (always False for the dense broad
+  phase).
+
+A step writes the derived next state back with two ``full`` deltas (``pos``, ``vel``) and one
+``add`` delta on ``tick``, then propagates, which precomputes the step after it. So a step is
+``state x deltas -> state'`` like any other change, and a world bound to a :class:`~mmsb_jax.Bus`
+commits one transaction per step: :meth:`World.replay` rebuilds the whole run from the log, bit
+for bit.
+
+Broad phase. ``"dense"`` tests all pairs (``O(N^2)`` time and memory: use it up to a few
+thousand entities). ``"grid"`` hashes entities into cells of side at least ``2 * max_radius``
+(so touching discs are in neighbouring cells), sorts them by cell and tests each entity against
+the entities of its 3 x 3 neighbouring cells. Cells are numbered row by row, so the three cells
+of one row form a contiguous window of the sorted entities; at most ``max_per_row`` entities of
+each of the three windows are examined (``O(N * 3 * max_per_row)`` after an ``O(N log N)``
+sort), and the ``overflow`` page reports a window that held more.
+
+Everything is pure and fixed-shape: :func:`world_step` runs under ``jit``, ``vmap`` (many worlds
+at once: a batch axis on every leaf of the State) and ``lax.scan`` (:meth:`World.simulate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mmsb_jax.core.delta import Delta, apply_batch
+from mmsb_jax.core.graph import Graph
+from mmsb_jax.core.pages import PageSpec, Schema, State, init_state
+from mmsb_jax.core.propagate import propagate
+from mmsb_jax.errors import (
+    CapacityError,
+    DomainError,
+    OptionError,
+    SchemaMismatchError,
+    ShapeError,
+    UnknownPageError,
+)
+
+__all__ = [
+    "BROADPHASES",
+    "ENTITY_FIELDS",
+    "World",
+    "WorldParams",
+    "collide",
+    "integrate",
+    "world_graph",
+    "world_schema",
+    "world_step",
+]
+
+BROADPHASES: tuple[str, ...] = ("auto", "dense", "grid")
+"""Broad-phase choices; ``"auto"`` is ``"dense"`` up to :data:`DENSE_MAX` slots, else ``"grid"``."""
+
+DENSE_MAX = 64
+"""``broadphase="auto"`` uses the dense all-pairs test up to this capacity."""
+
+ENTITY_FIELDS: tuple[str, ...] = ("pos", "vel", "radius", "mass")
+"""Per-entity fields that :meth:`World.add_entity` accepts as keyword arguments."""
+
+STEP_DIRTY: tuple[str, ...] = ("pos", "vel", "tick")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldParams:
+    """Static parameters of a world (hashable; part of the compiled step).
+
+    Attributes:
+      dt: time step, > 0.
+      capacity: ``N``, number of entity slots.
+      bounds: ``(W, H)``, the box ``[0, W] x [0, H]`` the entities bounce in.
+      restitution: ``e`` in ``[0, 1]``; 1 is perfectly elastic (entity-entity collisions;
+        walls reflect elastically).
+      max_radius: the largest radius an entity may have; sets the grid cell size
+        ``>= 2 * max_radius``.
+      broadphase: ``"dense"``, ``"grid"`` or ``"auto"`` (resolved at construction).
+      max_per_row: grid broad phase: entities examined in each of the three rows of three
+        neighbouring cells.
+      max_rounds: most matching rounds of the collision resolution per step.
+    """
+
+    dt: float
+    capacity: int = 1024
+    bounds: tuple[float, float] = (1.0, 1.0)
+    restitution: float = 1.0
+    max_radius: float = 0.01
+    broadphase: str = "auto"
+    max_per_row: int = 8
+    max_rounds: int = 8
+
+    def __post_init__(self) -> None:
+        dt = float(self.dt)
+        if not (math.isfinite(dt) and dt > 0):
+            raise OptionError(f"dt must be a finite number > 0, got {self.dt!r}")
+        capacity = int(self.capacity)
+        if capacity < 1:
+            raise OptionError(f"capacity must be >= 1, got {self.capacity!r}")
+        try:
+            bounds = tuple(float(b) for b in self.bounds)
+        except TypeError as e:
+            raise OptionError(f"bounds must be (W, H), got {self.bounds!r}") from e
+        if len(bounds) != 2 or not all(math.isfinite(b) and b > 0 for b in bounds):
+            raise OptionError(f"bounds must be two finite numbers > 0, got {self.bounds!r}")
+        e = float(self.restitution)
+        if not 0.0 <= e <= 1.0:
+            raise OptionError(f"restitution must be in [0, 1], got {self.restitution!r}")
+        r = float(self.max_radius)
+        if not (math.isfinite(r) and 0 < 2 * r <= min(bounds)):
+            raise OptionError(f"max_radius must be in (0, min(bounds) / 2], got "
+                              f"{self.max_radius!r}")
+        if self.broadphase not in BROADPHASES:
+            raise OptionError(f"broadphase must be one of {BROADPHASES}, got "
+                              f"{self.broadphase!r}")
+        if int(self.max_per_row) < 1:
+            raise OptionError(f"max_per_row must be >= 1, got {self.max_per_row!r}")
+        if int(self.max_rounds) < 1:
+            raise OptionError(f"max_rounds must be >= 1, got {self.max_rounds!r}")
+        broadphase = self.broadphase
+        if broadphase == "auto":
+            broadphase = "dense" if capacity <= DENSE_MAX else "grid"
+        for name, value in (("dt", dt), ("capacity", capacity), ("bounds", bounds),
+                            ("restitution", e), ("max_radius", r), ("broadphase", broadphase),
+                            ("max_per_row", int(self.max_per_row)),
+                            ("max_rounds", int(self.max_rounds))):
+            object.__setattr__(self, name, value)
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(gx, gy)``: grid cells per axis; each cell is at least ``2 * max_radius`` wide."""
+        cell = 2.0 * self.max_radius
+        return (max(1, int(self.bounds[0] // cell)), max(1, int(self.bounds[1] // cell)))
+
+
+def world_schema(capacity: int) -> Schema:
+    """The base pages of a world with ``capacity`` slots (see the module docstring)."""
+    n = int(capacity)
+    return Schema([
+        PageSpec("pos", (n, 2), "float32"),
+        PageSpec("vel", (n, 2), "float32"),
+        PageSpec("radius", (n,), "float32"),
+        PageSpec("mass", (n,), "float32"),
+        PageSpec("kind", (n,), "int32"),
+        PageSpec("alive", (n,), "bool"),
+        PageSpec("tick", (), "int32"),
+    ])
+
+
+# -- narrow phase ------------------------------------------------------------------------------
+
+def _pair_impulse(pi: jax.Array, pj: jax.Array, vi: jax.Array, vj: jax.Array, ri: jax.Array,
+                  rj: jax.Array, mi: jax.Array, mj: jax.Array, valid: jax.Array,
+                  restitution: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Contact test and two-body impulse of ``i`` against ``j`` (broadcasting over pairs).
+
+    Shapes: ``pi, pj, vi, vj: [..., 2]``; ``ri, rj, mi, mj, valid: [...]``.
+
+    Returns:
+      ``(hit: bool[...], urgency: [...], dv: [..., 2])``: whether the discs overlap and
+      approach; ``approach / |d|^2`` (negative, more negative = the contact closes faster
+      relative to its distance; ``+inf`` where there is no hit); and the velocity change of
+      ``i`` from the two-body impulse. Every quantity is computed from ``d = p_i - p_j`` and
+      ``v_i - v_j``, which flip sign exactly when ``i`` and ``j`` swap, so ``urgency`` is
+      symmetric and ``dv_i * m_i == -dv_j * m_j`` bit for bit.
+    """
+    d = pi - pj
+    dist2 = jnp.sum(d * d, axis=-1)
+    reach = ri + rj
+    vrel = vi - vj
+    approach = jnp.sum(vrel * d, axis=-1)  # |d| * (normal relative speed); < 0 approaching
+    hit = valid & (dist2 < reach * reach) & (dist2 > 0) & (approach < 0)
+    safe = jnp.where(hit, dist2, 1.0)
+    urgency = jnp.where(hit, approach / safe, jnp.inf)
+    # J = -(1 + e) vn / (1/mi + 1/mj) with vn = approach / |d|; dv_i = J / mi * d / |d|.
+    inv_sum = 1.0 / mi + 1.0 / mj
+    scale = jnp.where(hit, -(1.0 + restitution) * urgency / (inv_sum * mi), 0.0)
+    return hit, urgency, scale[..., None] * d
+
+
+def _resolve(pos: jax.Array, vel: jax.Array, radius: jax.Array, mass: jax.Array,
+             cand: jax.Array, valid: jax.Array, params: WorldParams) -> jax.Array:
+    """Resolve contacts as a sequence of matchings (sequential impulses, vectorised).
+
+    Shapes: ``pos, vel: [N, 2]``, ``radius, mass: [N]``; ``cand: int32[N, M]`` candidate
+    partners of each entity, ``valid: bool[N, M]``. Returns the new ``vel: [N, 2]``.
+
+    Each round, every entity with an approaching contact picks the most urgent one; pairs that
+    pick each other collide as isolated two-body collisions (exact, so momentum and, for
+    ``e = 1``, kinetic energy are conserved up to rounding). The contacts are then re-tested
+    with the new velocities. The pair with the globally most urgent contact always picks
+    mutually, so every round resolves at least one pair; rounds stop when no contact
+    approaches or after ``max_rounds`` (contacts left over are resolved in the next step).
+    """
+    n = pos.shape[0]
+    iota = jnp.arange(n, dtype=jnp.int32)
+    pj, rj, mj = pos[cand], radius[cand], mass[cand]
+    pi, ri, mi = pos[:, None], radius[:, None], mass[:, None]
+
+    def test(v):
+        return _pair_impulse(pi, pj, v[:, None], v[cand], ri, rj, mi, mj, valid,
+                             params.restitution)
+
+    def cond(carry):
+        _, rounds, hit, _, _ = carry
+        return (rounds < params.max_rounds) & jnp.any(hit)
+
+    def body(carry):
+        v, rounds, hit, urgency, dv = carry
+        best = jnp.argmin(urgency, axis=1)
+        has = jnp.any(hit, axis=1)
+        partner = jnp.where(has, jnp.take_along_axis(cand, best[:, None], 1)[:, 0], -1)
+        mutual = has & (partner[jnp.maximum(partner, 0)] == iota)
+        chosen = jnp.take_along_axis(dv, best[:, None, None], 1)[:, 0]
+        v = v + jnp.where(mutual[:, None], chosen, 0.0)
+        return (v, rounds + 1, *test(v))
+
+    v, _, _, _, _ = lax.while_loop(cond, body, (vel, jnp.int32(0), *test(vel)))
+    return v
+
+
+def _cell_index(pos: jax.Array, alive: jax.Array, params: WorldParams):
+    gx, gy = params.grid_shape
+    w, h = params.bounds
+    cx = jnp.clip(jnp.floor(pos[:, 0] * (gx / w)).astype(jnp.int32), 0, gx - 1)
+    cy = jnp.clip(jnp.floor(pos[:, 1] * (gy / h)).astype(jnp.int32), 0, gy - 1)
+    cell = jnp.where(alive, cy * gx + cx, gx * gy)  # dead entities sort past every cell
+    return cx, cy, cell
+
+
+class _Grid(NamedTuple):
+    order: jax.Array  # [N] entity at each sorted position
+    cand: jax.Array  # [N, 3 * K] sorted positions of the candidates of each sorted entity
+    valid: jax.Array  # [N, 3 * K]
+    overflow: jax.Array  # []
+
+
+def _grid(pos: jax.Array, alive: jax.Array, params: WorldParams) -> _Grid:
+    """Broad phase in sorted order: entities sorted by cell, candidates as row windows.
+
+    Cells are numbered row by row, so the three cells ``(cx - 1 .. cx + 1, row)`` hold a
+    contiguous range of the sorted entities; each entity examines at most ``K = max_per_row``
+    entities of each of its three rows (``overflow`` is set when a row held more).
+    """
+    n = pos.shape[0]
+    gx, gy = params.grid_shape
+    k = params.max_per_row
+    cx, cy, cell = _cell_index(pos, alive, params)
+    iota = jnp.arange(n, dtype=jnp.int32)
+    sorted_cell, order = lax.sort((cell, iota), num_keys=1, is_stable=True)
+    counts = jnp.zeros((gx * gy + 1,), jnp.int32).at[cell].add(1)
+    starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
+    live = sorted_cell < gx * gy
+    scx, scy = cx[order], cy[order]
+    rows = scy[:, None] + jnp.arange(-1, 2, dtype=jnp.int32)[None, :]  # [N, 3]
+    row_ok = (rows >= 0) & (rows < gy) & live[:, None]
+    rows = jnp.clip(rows, 0, gy - 1)
+    lo = starts[rows * gx + jnp.maximum(scx - 1, 0)[:, None]]
+    hi = starts[rows * gx + jnp.minimum(scx + 1, gx - 1)[:, None] + 1]
+    slot = jnp.arange(k, dtype=jnp.int32)
+    cand = lo[:, :, None] + slot[None, None, :]  # [N, 3, K]
+    valid = row_ok[:, :, None] & (cand < hi[:, :, None]) & (cand != iota[:, None, None])
+    overflow = jnp.any(row_ok & (hi - lo > k))
+    cand = jnp.clip(cand, 0, n - 1).reshape(n, 3 * k)
+    return _Grid(order, cand, valid.reshape(n, 3 * k), overflow)
+
+
+def collide(pos: jax.Array, vel: jax.Array, radius: jax.Array, mass: jax.Array,
+            alive: jax.Array, params: WorldParams) -> jax.Array:
+    """Velocities after one round of pairwise collisions.
+
+    A live pair whose discs overlap and whose centres approach collides with the two-body
+    impulse ``J = -(1 + e) v_n / (1/m_i + 1/m_j)`` along the line of centres. Several contacts
+    are resolved as a sequence of matchings: each round, every disc takes its most urgent
+    approaching contact, pairs that chose each other collide, and the contacts are re-tested
+    with the new velocities, until none approaches or ``max_rounds`` rounds ran. So momentum
+    is conserved and, for ``e = 1``, kinetic energy too (up to float rounding).
+
+    Args:
+      pos: ``float32[N, 2]`` positions.
+      vel: ``float32[N, 2]`` velocities.
+      radius: ``float32[N]`` radii.
+      mass: ``float32[N]`` masses (> 0 for live entities).
+      alive: ``bool[N]``; dead slots neither move nor collide.
+      params: the world's :class:`WorldParams` (broad phase, restitution, grid).
+
+    Returns:
+      ``float32[N, 2]`` velocities (dead slots unchanged).
+    """
+    mass = jnp.where(alive, mass, 1.0)
+    n = pos.shape[0]
+    if params.broadphase == "dense":
+        iota = jnp.arange(n, dtype=jnp.int32)
+        cand = jnp.broadcast_to(iota[None, :], (n, n))
+        valid = alive[:, None] & alive[None, :] & (cand != iota[:, None])
+        new = _resolve(pos, vel, radius, mass, cand, valid, params)
+    else:
+        grid = _grid(pos, alive, params)
+        o = grid.order
+        new_sorted = _resolve(pos[o], vel[o], radius[o], mass[o], grid.cand, grid.valid, params)
+        new = jnp.zeros_like(vel).at[o].set(new_sorted, unique_indices=True)
+    return jnp.where(alive[:, None], new, vel)
+
+
+def integrate(pos: jax.Array, vel: jax.Array, radius: jax.Array, alive: jax.Array,
+              params: WorldParams) -> tuple[jax.Array, jax.Array]:
+    """Semi-implicit Euler step and elastic reflection off the walls.
+
+    Args:
+      pos: ``float32[N, 2]`` positions.
+      vel: ``float32[N, 2]`` velocities after collisions.
+      radius: ``float32[N]`` radii.
+      alive: ``bool[N]``.
+      params: the world's :class:`WorldParams`.
+
+    Returns:
+      ``(pos', vel')``, both ``float32[N, 2]``: ``p + dt v`` folded back into
+      ``[r, bound - r]`` on each axis, with the velocity component pointing away from a wall it
+      crossed. Dead slots are unchanged.
+    """
+    p = pos + params.dt * vel
+    bound = jnp.asarray(params.bounds, jnp.float32)
+    lo = radius[:, None]
+    hi = bound[None, :] - radius[:, None]
+    below = p < lo
+    above = p > hi
+    p = jnp.where(below, 2.0 * lo - p, jnp.where(above, 2.0 * hi - p, p))
+    p = jnp.clip(p, lo, hi)
+    v = jnp.where(below, jnp.abs(vel), jnp.where(above, -jnp.abs(vel), vel))
+    live = alive[:, None]
+    return jnp.where(live, p, pos), jnp.where(live, v, vel)
+
+
+@functools.lru_cache(maxsize=64)
+def world_graph(params: WorldParams) -> Graph:
+    """The world's graph: :func:`world_schema` plus the physics and observable derived pages.
+
+    Cached per ``params``: worlds with equal parameters share one graph, hence one compiled
+    step.
+
+    Args:
+      params: static world parameters.
+
+    Returns:
+      A Graph with derived pages ``physics/vel``, ``physics/next_pos``, ``physics/next_vel``,
+      ``energy``, ``momentum`` and ``overflow`` (see the module docstring).
+    """
+    if not isinstance(params, WorldParams):
+        raise OptionError(f"world_graph expects WorldParams, got {type(params).__name__}")
+
+    def physics_vel(pos, vel, radius, mass, alive):
+        return collide(pos, vel, radius, mass, alive, params)
+
+    def next_pos(pos, vel, radius, alive):
+        return integrate(pos, vel, radius, alive, params)[0]
+
+    def next_vel(pos, vel, radius, alive):
+        return integrate(pos, vel, radius, alive, params)[1]
+
+    def energy(vel, mass, alive):
+        return 0.5 * jnp.sum(jnp.where(alive, mass * jnp.sum(vel * vel, axis=-1), 0.0))
+
+    def momentum(vel, mass, alive):
+        return jnp.sum(jnp.where(alive[:, None], mass[:, None] * vel, 0.0), axis=0)
+
+    def overflow(pos, alive):
+        if params.broadphase == "dense":
+            return jnp.zeros((), bool)
+        return _grid(pos, alive, params).overflow
+
+    g = Graph(world_schema(params.capacity))
+    g = g.derive("physics/vel", ("pos", "vel", "radius", "mass", "alive"), physics_vel)
+    g = g.derive("physics/next_pos", ("pos", "physics/vel", "radius", "alive"), next_pos)
+    g = g.derive("physics/next_vel", ("pos", "physics/vel", "radius", "alive"), next_vel)
+    g = g.derive("energy", ("vel", "mass", "alive"), energy)
+    g = g.derive("momentum", ("vel", "mass", "alive"), momentum)
+    return g.derive("overflow", ("pos", "alive"), overflow)
+
+
+def step_deltas(state: State) -> list[Delta]:
+    """The deltas of one step: the derived next state written back to the base pages.
+
+    Args:
+      state: a world State whose derived pages are current.
+
+    Returns:
+      ``[full set pos, full set vel, add 1 to tick]``.
+    """
+    return [Delta.full("pos", state.pages["physics/next_pos"]),
+            Delta.full("vel", state.pages["physics/next_vel"]),
+            Delta.full("tick", jnp.ones((), jnp.int32), op="add")]
+
+
+def world_step(graph: Graph, state: State) -> State:
+    """One physics step: apply :func:`step_deltas`, then propagate (precomputing the next one).
+
+    Pure; jit it with ``graph`` static, vmap it over a batch of States.
+
+    Args:
+      graph: the world's :func:`world_graph`.
+      state: ``State`` of ``graph.schema`` with current derived pages.
+
+    Returns:
+      The State one step later, derived pages current.
+    """
+    return propagate(graph, apply_batch(state, step_deltas(state)), STEP_DIRTY)
+
+
+def _simulate_impl(graph: Graph, num_steps: int, state: State) -> State:
+    def body(s, _):
+        return world_step(graph, s), None
+
+    return lax.scan(body, state, None, length=num_steps)[0]
+
+
+def _refresh_impl(graph: Graph, state: State) -> State:
+    return propagate(graph, state, graph.base.names)
+
+
+_step_jit = jax.jit(world_step, static_argnums=0)
+_simulate_jit = jax.jit(_simulate_impl, static_argnums=(0, 1))
+_refresh_jit = jax.jit(_refresh_impl, static_argnums=0)
+_deltas_jit = jax.jit(step_deltas)
+
+
+def _lattice_state(graph: Graph, params: WorldParams, key: jax.Array, count: int,
+                   radius: float, speed: float, mass: float, kind: int) -> State:
+    w, h = params.bounds
+    side = math.ceil(math.sqrt(count * w / h))
+    rows = math.ceil(count / side)
+    sx, sy = w / side, h / rows
+    k_perm, k_jit, k_vel = jax.random.split(key, 3)
+    cells = jax.random.permutation(k_perm, side * rows)[:count]
+    centre = jnp.stack([(cells % side + 0.5) * sx, (cells // side + 0.5) * sy], -1)
+    slack = jnp.asarray([sx / 2 - radius, sy / 2 - radius], jnp.float32) * 0.95
+    jitter = jax.random.uniform(k_jit, (count, 2), jnp.float32, -1.0, 1.0) * slack
+    slots = jnp.arange(count, dtype=jnp.int32)
+    deltas = [
+        Delta.rows("pos", slots, (centre + jitter).astype(jnp.float32)),
+        Delta.rows("vel", slots, speed * jax.random.normal(k_vel, (count, 2), jnp.float32)),
+        Delta.rows("radius", slots, jnp.full((count,), radius, jnp.float32)),
+        Delta.rows("mass", slots, jnp.full((count,), mass, jnp.float32)),
+        Delta.rows("kind", slots, jnp.full((count,), kind, jnp.int32)),
+        Delta.rows("alive", slots, jnp.ones((count,), bool)),
+    ]
+    return _refresh_impl(graph, apply_batch(init_state(graph.schema), deltas))
+
+
+class World:
+    """A fixed-capacity 2-D world of discs, stepped as deltas on a State (optionally on a Bus).
+
+    Args:
+      dt: time step.
+      capacity: ``N`` entity slots.
+      bounds: ``(W, H)`` of the box.
+      restitution: entity-entity restitution in ``[0, 1]``.
+      max_radius: largest allowed radius (grid cell size ``>= 2 * max_radius``).
+      broadphase: ``"auto"``, ``"dense"`` (all pairs) or ``"grid"``.
+      max_per_row: grid broad phase: entities examined per row of three neighbouring cells.
+      max_rounds: most matching rounds of the collision resolution per step.
+      kinds: optional names for entity kinds; ``add_entity("ball", ...)`` stores the name's
+        index in the ``kind`` page.
+      bus: a :class:`~mmsb_jax.Bus` to bind to (see :meth:`bind`).
+
+    Attributes:
+      params: the :class:`WorldParams`.
+      graph: the world's :func:`world_graph`; ``graph.base`` is the schema a bound bus holds.
+      kinds: the kind names.
+
+    >>> import mmsb_jax.apps as apps
+    >>> w = apps.World(0.01, capacity=8, max_radius=0.1)
+    >>> a = w.add_entity(0, pos=(0.3, 0.5), vel=(1.0, 0.0), radius=0.1)
+    >>> b = w.add_entity(0, pos=(0.55, 0.5), vel=(0.0, 0.0), radius=0.1)
+    >>> w.step(10)
+    >>> w.read("vel")[[a, b]].round(3).tolist()      # elastic head-on collision: swapped
+    [[0.0, 0.0], [1.0, 0.0]]
+    """
+
+    def __init__(self, dt: float, *, capacity: int = 1024,
+                 bounds: tuple[float, float] = (1.0, 1.0), restitution: float = 1.0,
+                 max_radius: float = 0.01, broadphase: str = "auto", max_per_row: int = 8,
+                 max_rounds: int = 8, kinds: Sequence[str] = (), bus: Any = None):
+        self.params = WorldParams(dt=dt, capacity=capacity, bounds=tuple(bounds),
+                                  restitution=restitution, max_radius=max_radius,
+                                  broadphase=broadphase, max_per_row=max_per_row,
+                                  max_rounds=max_rounds)
+        self.kinds = tuple(str(k) for k in kinds)
+        if len(set(self.kinds)) != len(self.kinds):
+            raise OptionError(f"duplicate kind names in {self.kinds}")
+        self.graph = world_graph(self.params)
+        self._state = init_state(self.graph.schema)
+        self._pending: set[str] = set(self.graph.base.names)  # derived pages computed lazily
+        self._bus: Any = None
+        self._owns_bus = False
+        if bus is not None:
+            self.bind(bus)
+
+    # -- construction helpers ---------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str | os.PathLike, dt: float, *, sync: str = "batch",
+             **kwargs: Any) -> World:
+        """A World bound to the bus in ``directory`` (created, or resumed from its log).
+
+        Args:
+          directory: the bus directory.
+          dt: time step.
+          sync: the bus sync policy.
+          **kwargs: other :class:`World` arguments.
+
+        Returns:
+          The World; :meth:`close` (or ``with``) also closes the bus it opened.
+        """
+        from mmsb_jax.runtime.bus import Bus
+
+        world = cls(dt, **kwargs)
+        bus = Bus.open(directory, world.graph.base, sync=sync)
+        try:
+            world.bind(bus)
+        except BaseException:
+            bus.close()
+            raise
+        world._owns_bus = True
+        return world
+
+    def bind(self, bus: Any) -> None:
+        """Commit every later change of this world to ``bus`` (one transaction per step).
+
+        The bus must hold exactly :attr:`graph.base <mmsb_jax.Graph.base>` (open it with
+        ``schema=world.graph.base``). If it already holds commits, the world adopts the bus's
+        state (resuming a run); otherwise the world's current state is committed first.
+
+        Raises:
+          SchemaMismatchError: the bus holds other pages.
+        """
+        if bus.schema != self.graph.base:
+            raise SchemaMismatchError(
+                f"bus schema {bus.schema} is not the world's base schema {self.graph.base}; "
+                "open the bus with schema=world.graph.base")
+        if bus.seq > 0:
+            base = bus.state
+            self._state = _refresh_jit(self.graph, self._state.with_pages(
+                {n: base.pages[n] for n in self.graph.base.names},
+                {n: base.epochs[n] for n in self.graph.base.names}))
+            self._pending.clear()
+        else:
+            state = self.state
+            changed = [Delta.full(n, state.pages[n]) for n in self.graph.base.names
+                       if int(state.epochs[n]) > 0]
+            if changed:
+                bus.commit(changed)
+                self._adopt_bus_pages(bus, tuple(d.page for d in changed))
+        self._bus = bus
+
+    @property
+    def bus(self) -> Any:
+        """The bound Bus, or None."""
+        return self._bus
+
+    def close(self) -> None:
+        """Close the bus if this world opened it (:meth:`open`); idempotent."""
+        if self._bus is not None and self._owns_bus:
+            self._bus.close()
+        self._owns_bus = False
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """The current State (base and derived pages; derived pages current)."""
+        if self._pending:
+            # One plan for every host-side edit: recompute all derived pages (one compile).
+            self._state = _refresh_jit(self.graph, self._state)
+            self._pending.clear()
+        return self._state
+
+    def read(self, name: str) -> np.ndarray:
+        """A numpy copy of page ``name`` (base or derived).
+
+        Raises:
+          UnknownPageError: not a page of the world.
+        """
+        return np.array(self.state.page(name), copy=True)
+
+    @property
+    def num_entities(self) -> int:
+        """Number of live entities."""
+        return int(np.count_nonzero(np.asarray(self._state.pages["alive"])))
+
+    def _adopt_bus_pages(self, bus: Any, pages: Sequence[str]) -> None:
+        base = bus.state
+        self._state = self._state.with_pages({n: base.pages[n] for n in pages},
+                                             {n: base.epochs[n] for n in pages})
+
+    def _commit(self, deltas: list[Delta]) -> None:
+        pages = tuple(dict.fromkeys(d.page for d in deltas))
+        if self._bus is not None:
+            self._bus.commit(deltas)
+            self._adopt_bus_pages(self._bus, pages)
+        else:
+            self._state = apply_batch(self._state, deltas)
+        self._pending.update(pages)
+
+    # -- entities ---------------------------------------------------------------------------
+    def _kind_id(self, kind: int | str) -> int:
+        if isinstance(kind, str):
+            if kind not in self.kinds:
+                raise OptionError(f"unknown entity kind {kind!r}; known kinds: {self.kinds} "
+                                  "(declare them with World(kinds=...))")
+            return self.kinds.index(kind)
+        if isinstance(kind, bool) or not isinstance(kind, int | np.integer) or kind < 0:
+            raise OptionError(f"kind must be a name or an int >= 0, got {kind!r}")
+        return int(kind)
+
+    def add_entities(self, kind: int | str, *, pos: Any, vel: Any = 0.0,
+                     radius: Any = None, mass: Any = 1.0) -> np.ndarray:
+        """Add ``k`` entities of one kind in the lowest free slots (row deltas, one commit).
+
+        Args:
+          kind: a kind name from :attr:`kinds` or an int ``>= 0``.
+          pos: ``[k, 2]`` positions; each disc must lie inside the box.
+          vel: ``[k, 2]`` velocities, or anything broadcastable to it.
+          radius: ``[k]`` radii in ``(0, max_radius]`` (default ``max_radius``).
+          mass: ``[k]`` masses ``> 0``.
+
+        Returns:
+          ``int64[k]``: the slots the entities occupy.
+
+        Raises:
+          CapacityError: fewer than ``k`` free slots. ShapeError: bad field shapes.
+          DomainError: a non-finite value, a radius or mass out of range, or a disc outside
+          the box. OptionError: an unknown kind. Nothing changes when any is raised.
+        """
+        kind_id = self._kind_id(kind)
+        pos = np.asarray(pos, np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] < 1:
+            raise ShapeError(f"pos must be [k, 2] with k >= 1, got shape {pos.shape}")
+        k = pos.shape[0]
+        radius = self.params.max_radius if radius is None else radius
+        fields = {}
+        for name, value, shape in (("vel", vel, (k, 2)), ("radius", radius, (k,)),
+                                   ("mass", mass, (k,))):
+            arr = np.asarray(value, np.float64)
+            try:
+                fields[name] = np.broadcast_to(arr, shape)
+            except ValueError as e:
+                raise ShapeError(f"{name} of shape {arr.shape} does not fit {k} entities "
+                                 f"(expected {shape})") from e
+        for name, arr in (("pos", pos), *fields.items()):
+            if not np.all(np.isfinite(arr)):
+                raise DomainError(f"{name} has non-finite values")
+        r, m = fields["radius"], fields["mass"]
+        if np.any(r <= 0) or np.any(r > self.params.max_radius):
+            raise DomainError(f"radius must be in (0, max_radius={self.params.max_radius}], "
+                              f"got {r[(r <= 0) | (r > self.params.max_radius)][:4].tolist()}")
+        if np.any(m <= 0):
+            raise DomainError(f"mass must be > 0, got {m[m <= 0][:4].tolist()}")
+        bound = np.asarray(self.params.bounds)
+        outside = np.any((pos < r[:, None]) | (pos > bound[None, :] - r[:, None]), axis=1)
+        if np.any(outside):
+            raise DomainError(f"entities at {pos[outside][:4].tolist()} do not fit inside the "
+                              f"box {tuple(bound.tolist())} with their radius")
+        free = np.flatnonzero(~np.asarray(self._state.pages["alive"]))
+        if free.size < k:
+            raise CapacityError(f"cannot add {k} entities: {free.size} of "
+                                f"{self.params.capacity} slots are free")
+        slots = free[:k].astype(np.int32)
+        f32 = np.float32
+        self._commit([
+            Delta.rows("pos", slots, pos.astype(f32)),
+            Delta.rows("vel", slots, fields["vel"].astype(f32)),
+            Delta.rows("radius", slots, r.astype(f32)),
+            Delta.rows("mass", slots, m.astype(f32)),
+            Delta.rows("kind", slots, np.full((k,), kind_id, np.int32)),
+            Delta.rows("alive", slots, np.ones((k,), bool)),
+        ])
+        return slots.astype(np.int64)
+
+    def add_entity(self, kind: int | str, **fields: Any) -> int:
+        """Add one entity in the lowest free slot.
+
+        Args:
+          kind: a kind name from :attr:`kinds` or an int ``>= 0``.
+          **fields: ``pos=(x, y)`` (required), ``vel=(vx, vy)``, ``radius=r``, ``mass=m``.
+
+        Returns:
+          The entity's slot index.
+
+        Raises:
+          UnknownPageError: a field that is not an entity field (:data:`ENTITY_FIELDS`).
+          CapacityError, ShapeError, DomainError, OptionError: as :meth:`add_entities`.
+        """
+        for name in fields:
+            if name not in ENTITY_FIELDS:
+                raise UnknownPageError(name, ENTITY_FIELDS)
+        if "pos" not in fields:
+            raise ShapeError("add_entity needs pos=(x, y)")
+        one = {"pos": np.asarray(fields["pos"], np.float64)[None]}
+        for name in ("vel", "radius", "mass"):
+            if name in fields:
+                one[name] = np.asarray(fields[name], np.float64)[None]
+        return int(self.add_entities(kind, **one)[0])
+
+    def remove_entity(self, slots: int | Sequence[int]) -> None:
+        """Free entity slots (``alive`` set to False, velocity zeroed) with row deltas.
+
+        Raises:
+          IndexOutOfRangeError: a slot outside ``[0, capacity)`` (from the delta validation).
+          DomainError: a slot that holds no entity.
+        """
+        idx = np.atleast_1d(np.asarray(slots, np.int64))
+        n = self.params.capacity
+        if np.any((idx < 0) | (idx >= n)):
+            from mmsb_jax.errors import IndexOutOfRangeError
+
+            raise IndexOutOfRangeError(f"slots {idx[(idx < 0) | (idx >= n)].tolist()} outside "
+                                       f"[0, {n})")
+        alive = np.asarray(self._state.pages["alive"])
+        if not np.all(alive[idx]):
+            raise DomainError(f"slots {idx[~alive[idx]].tolist()} hold no entity")
+        idx32 = idx.astype(np.int32)
+        self._commit([Delta.rows("alive", idx32, np.zeros(idx.shape, bool)),
+                      Delta.rows("vel", idx32, np.zeros((idx.size, 2), np.float32))])
+
+    # -- stepping ---------------------------------------------------------------------------
+    def step(self, num_steps: int = 1) -> None:
+        """Advance ``num_steps`` steps.
+
+        Unbound, the steps run as one compiled ``lax.scan`` (one compilation per distinct
+        ``num_steps``; ``step(1)`` uses the single-step function). Bound to a bus, each step is
+        one commit (its deltas are logged), so the run can be replayed.
+        """
+        num_steps = int(num_steps)
+        if num_steps < 0:
+            raise OptionError(f"num_steps must be >= 0, got {num_steps}")
+        if num_steps == 0:
+            return
+        state = self.state
+        if self._bus is None:
+            self._state = (_step_jit(self.graph, state) if num_steps == 1
+                           else _simulate_jit(self.graph, num_steps, state))
+            return
+        for _ in range(num_steps):
+            self._bus.commit(_deltas_jit(state))
+            base = self._bus.state
+            state = state.with_pages({n: base.pages[n] for n in STEP_DIRTY},
+                                     {n: base.epochs[n] for n in STEP_DIRTY})
+            state = _propagate_step_jit(self.graph, state)
+            self._state = state
+
+    @property
+    def step_fn(self):
+        """The pure, jitted ``State -> State`` step of this world (vmap it for many worlds)."""
+        return functools.partial(_step_jit, self.graph)
+
+    def simulate(self, state: State, num_steps: int) -> State:
+        """``num_steps`` pure steps from ``state`` (one compiled ``lax.scan``; vmappable).
+
+        Args:
+          state: a State of :attr:`graph.schema <mmsb_jax.Graph.schema>`, derived pages current
+            (or a batch of them, leading axis on every leaf, inside ``jax.vmap``).
+          num_steps: number of steps (static).
+
+        Returns:
+          The State after ``num_steps`` steps.
+        """
+        return _simulate_jit(self.graph, int(num_steps), state)
+
+    def random_state(self, key: jax.Array, count: int, *, radius: float | None = None,
+                     speed: float = 0.1, mass: float = 1.0, kind: int = 0) -> State:
+        """A pure random world: ``count`` discs on a jittered lattice, none overlapping.
+
+        Vmap it over keys to build a batch of worlds. Does not touch :attr:`state`.
+
+        Args:
+          key: PRNG key.
+          count: number of entities (static, ``<= capacity``).
+          radius: disc radius (default ``max_radius``).
+          speed: standard deviation of each velocity component.
+          mass: entity mass.
+          kind: kind id stored for every entity.
+
+        Returns:
+          A State of :attr:`graph.schema <mmsb_jax.Graph.schema>` with slots ``0..count-1``
+          alive and derived pages current.
+
+        Raises:
+          CapacityError: ``count > capacity``. DomainError: the discs do not fit on the
+          lattice, or a bad radius or mass.
+        """
+        count = int(count)
+        if not 1 <= count <= self.params.capacity:
+            raise CapacityError(f"count must be in [1, {self.params.capacity}], got {count}")
+        radius = self.params.max_radius if radius is None else float(radius)
+        if not 0 < radius <= self.params.max_radius:
+            raise DomainError(f"radius must be in (0, {self.params.max_radius}], got {radius}")
+        if not mass > 0:
+            raise DomainError(f"mass must be > 0, got {mass}")
+        w, h = self.params.bounds
+        side = math.ceil(math.sqrt(count * w / h))
+        rows = math.ceil(count / side)
+        if min(w / side, h / rows) <= 2 * radius:
+            raise DomainError(f"{count} discs of radius {radius} do not fit in the box "
+                              f"{self.params.bounds} on a lattice")
+        return _lattice_jit(self.graph, self.params, key, count, radius, float(speed),
+                            float(mass), int(kind))
+
+    def set_state(self, state: State) -> None:
+        """Replace the world's state (e.g. by a :meth:`random_state`); committed if bound.
+
+        Raises:
+          SchemaMismatchError: ``state`` does not hold the world's pages with their shapes.
+        """
+        for spec in self.graph.schema:
+            page = state.pages.get(spec.name) if isinstance(state, State) else None
+            if page is None or tuple(page.shape) != spec.shape:
+                raise SchemaMismatchError(f"state does not hold page {spec.name!r} with shape "
+                                          f"{spec.shape}")
+        deltas = [Delta.full(n, jnp.asarray(state.pages[n], self.graph.schema[n].dtype))
+                  for n in self.graph.base.names]
+        self._commit(deltas)
+
+    # -- replay -----------------------------------------------------------------------------
+    def replay(self, source: Any = None, *, to_seq: int | None = None) -> State:
+        """Rebuild a State of this world from a bus log (its bound bus by default).
+
+        Args:
+          source: a bus directory, a TLog or a Bus (default: the bound bus).
+          to_seq: stop after this commit (default: the last one).
+
+        Returns:
+          The replayed State with derived pages recomputed; its base pages and epochs equal
+          the live ones bit for bit.
+        """
+        from mmsb_jax.store.replay import replay
+
+        if source is None:
+            if self._bus is None:
+                raise OptionError("replay needs a source: this world is not bound to a bus")
+            source = self._bus
+        log = getattr(source, "log", source)
+        base = replay(init_state(self.graph.base), log, to_seq=to_seq)
+        state = init_state(self.graph.schema).with_pages(dict(base.pages), dict(base.epochs))
+        return _refresh_jit(self.graph, state)
+
+    def __repr__(self) -> str:
+        bound = f", bus={self._bus!r}" if self._bus is not None else ""
+        return (f"World(dt={self.params.dt}, capacity={self.params.capacity}, "
+                f"broadphase={self.params.broadphase!r}, entities={self.num_entities}{bound})")
+
+
+def _propagate_step_impl(graph: Graph, state: State) -> State:
+    return propagate(graph, state, STEP_DIRTY)
+
+
+_propagate_step_jit = jax.jit(_propagate_step_impl, static_argnums=0)
+_lattice_jit = jax.jit(_lattice_state, static_argnums=(0, 1, 3, 4, 5, 6, 7))

@@ -1,0 +1,262 @@
+"""Multi-agent shared state: deterministic merge, the Foraging task and independent PPO."""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import chex
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import mmsb_jax as mm
+import mmsb_jax.apps as apps
+from mmsb_jax.agents import GridWorld, PPOConfig
+from mmsb_jax.errors import OptionError, ShapeError, UnknownPageError
+from mmsb_jax.runtime.bus import Bus
+from mmsb_jax.store.replay import replay
+
+N, K, AGENTS = 8, 3, 4
+SCHEMA = mm.Schema([mm.PageSpec("owner", (N,), "int32"), mm.PageSpec("claims", (N,), "int32"),
+                    mm.PageSpec("count", (N,), "int32"), mm.PageSpec("load", (N,), "float32")])
+
+rows = st.lists(st.integers(-1, N - 1), min_size=K, max_size=K)
+
+
+@st.composite
+def submissions(draw):
+    subs = {}
+    for agent in range(AGENTS):
+        idx = [np.asarray(draw(rows), np.int32) for _ in range(4)]
+        load = np.asarray(draw(st.lists(st.floats(-10, 10, width=32), min_size=K, max_size=K)),
+                          np.float32)
+        subs[agent] = [mm.Delta.rows("owner", idx[0], np.full(K, agent, np.int32)),
+                       mm.Delta.rows("claims", idx[1], np.full(K, 10 + agent, np.int32), "max"),
+                       mm.Delta.rows("count", idx[2], np.ones(K, np.int32), "add"),
+                       mm.Delta.rows("load", idx[3], load, "add")]
+    return subs
+
+
+_apply_all = jax.jit(lambda s, ds: mm.apply_batch(s, ds))
+
+
+@settings(max_examples=30, deadline=None)
+@given(subs=submissions(), seed=st.integers(0, 2**31 - 1))
+def test_merge_is_independent_of_submission_order_and_resolves_by_op(subs, seed):
+    state = mm.init_state(SCHEMA)
+    items = list(subs.items())
+    random.Random(seed).shuffle(items)
+    a = apps.commit_agents(state, subs)
+    b = apps.commit_agents(state, items)
+    c = _apply_all(state, apps.merge_submissions(dict(reversed(items))))
+    for name in SCHEMA.names:
+        np.testing.assert_array_equal(np.asarray(a.pages[name]), np.asarray(b.pages[name]))
+        np.testing.assert_array_equal(np.asarray(a.pages[name]), np.asarray(c.pages[name]))
+        assert int(a.epochs[name]) == int(b.epochs[name]) == AGENTS
+    # The ops resolve conflicts: set -> highest agent id, max -> max claim, add -> sum.
+    owner = np.zeros(N, np.int32)
+    claims = np.zeros(N, np.int32)
+    count = np.zeros(N, np.int32)
+    load = np.zeros(N, np.float64)
+    for agent in range(AGENTS):
+        d_owner, d_claims, d_count, d_load = subs[agent]
+        for i in np.asarray(d_owner.indices):
+            if i >= 0:
+                owner[i] = agent
+        for i in np.asarray(d_claims.indices):
+            if i >= 0:
+                claims[i] = max(claims[i], 10 + agent)
+        for i in np.asarray(d_count.indices):
+            if i >= 0:
+                count[i] += 1
+        for i, v in zip(np.asarray(d_load.indices), np.asarray(d_load.values), strict=True):
+            if i >= 0:
+                load[i] += v
+    np.testing.assert_array_equal(np.asarray(a.pages["owner"]), owner)
+    np.testing.assert_array_equal(np.asarray(a.pages["claims"]), claims)
+    np.testing.assert_array_equal(np.asarray(a.pages["count"]), count)
+    np.testing.assert_allclose(np.asarray(a.pages["load"]), load, rtol=1e-5, atol=1e-4)
+    # Sequentially applying every delta in agent-id order gives the same pages.
+    seq = functools.reduce(mm.apply, apps.merge_submissions(subs), state)
+    for name in ("owner", "claims", "count"):
+        np.testing.assert_array_equal(np.asarray(seq.pages[name]), np.asarray(a.pages[name]))
+    np.testing.assert_allclose(np.asarray(seq.pages["load"]), np.asarray(a.pages["load"]),
+                               rtol=1e-5, atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(subs=submissions())
+def test_stack_merge_under_jit_equals_host_merge(subs):
+    state = mm.init_state(SCHEMA)
+    stacked = [mm.Delta(indices=jnp.stack([subs[a][j].indices for a in range(AGENTS)]),
+                        mask=None, values=jnp.stack([subs[a][j].values for a in range(AGENTS)]),
+                        page=subs[0][j].page, kind="rows", op=subs[0][j].op)
+               for j in range(4)]
+    got = _apply_agents_jit(state, stacked)
+    want = apps.commit_agents(state, subs)
+    for name in SCHEMA.names:
+        np.testing.assert_array_equal(np.asarray(got.pages[name]), np.asarray(want.pages[name]))
+        assert int(got.epochs[name]) == AGENTS
+
+
+@chex.assert_max_traces(n=1)
+def _apply_agents_impl(state, stacked):
+    return apps.apply_agents(state, stacked)
+
+
+_apply_agents_jit = jax.jit(_apply_agents_impl)
+
+
+@pytest.mark.parametrize("op", ["set", "add", "max"])
+@pytest.mark.parametrize("kind", ["masked", "full"])
+def test_stack_merge_of_dense_deltas_equals_sequential_agents(op, kind):
+    rng = np.random.default_rng(0)
+    values = rng.integers(-5, 5, (3, N)).astype(np.int32)
+    masks = rng.random((3, N)) < 0.5
+    state = mm.apply(mm.init_state(SCHEMA), mm.Delta.full("count", np.arange(N, dtype=np.int32)))
+    stacked = mm.Delta(indices=None, mask=jnp.asarray(masks) if kind == "masked" else None,
+                       values=jnp.asarray(values), page="count", kind=kind, op=op)
+    merged = apps.stack_merge(stacked)
+    assert merged.count == 3
+    got = mm.apply(state, merged)
+    want = state
+    for a in range(3):
+        one = (mm.Delta.masked("count", masks[a], values[a], op) if kind == "masked"
+               else mm.Delta.full("count", values[a], op))
+        want = mm.apply(want, one)
+    np.testing.assert_array_equal(np.asarray(got.pages["count"]), np.asarray(want.pages["count"]))
+    assert int(got.epochs["count"]) == int(want.epochs["count"])
+
+
+def test_bad_submissions_are_refused_before_anything_changes(tmp_path):
+    ok = mm.Delta.rows("owner", np.array([1], np.int32), np.array([7], np.int32))
+    with pytest.raises(OptionError):
+        apps.merge_submissions([(1, [ok]), (1, [ok])])
+    with pytest.raises(OptionError):
+        apps.merge_submissions({-1: [ok]})
+    with pytest.raises(OptionError):
+        apps.merge_submissions([(True, [ok])])
+    with pytest.raises(OptionError):
+        apps.merge_submissions([ok])
+    with pytest.raises(TypeError):
+        apps.merge_submissions({0: ["not a delta"]})
+    with pytest.raises(OptionError):
+        apps.commit_agents(object(), {0: ok})
+    bad = mm.Delta.rows("nope", np.array([1], np.int32), np.array([7], np.int32))
+    with Bus.open(tmp_path / "bus", SCHEMA, sync="never") as bus:
+        info = apps.commit_agents(bus, {2: [ok], 0: ok})
+        assert info.seq == 1 and info.pages == ("owner",)
+        with pytest.raises(UnknownPageError):
+            apps.commit_agents(bus, {0: [ok], 1: [bad]})
+        assert bus.seq == 1
+        np.testing.assert_array_equal(bus.read("owner"), [0, 7, 0, 0, 0, 0, 0, 0])
+        assert int(bus.state.epochs["owner"]) == 2
+        rebuilt = replay(mm.init_state(SCHEMA), bus.log)
+        np.testing.assert_array_equal(np.asarray(rebuilt.pages["owner"]), bus.read("owner"))
+    with pytest.raises(ShapeError):
+        apps.stack_merge(mm.Delta(indices=jnp.zeros((3,), jnp.int32), mask=None,
+                                  values=jnp.zeros((3,), jnp.int32), page="owner", kind="rows"))
+    with pytest.raises(ShapeError):
+        apps.stack_merge(mm.Delta(indices=None, mask=jnp.zeros((2, 3), bool),
+                                  values=jnp.zeros((2, 4), jnp.int32), page="owner",
+                                  kind="masked"))
+    with pytest.raises(TypeError):
+        apps.stack_merge("delta")
+
+
+ENV = apps.Foraging(num_agents=3, grid=5)
+
+
+def _state_with(pos, food):
+    state = ENV.initial_state(jax.random.key(0))
+    return mm.apply_batch(state, [mm.Delta.full("agents/pos", jnp.asarray(pos, jnp.int32)),
+                                  mm.Delta.full("food", jnp.asarray(food, jnp.float32))])
+
+
+def test_foraging_collects_a_shared_cell_once_and_claims_by_max():
+    food = np.zeros((5, 5), np.float32)
+    food[2, 2] = food[0, 4] = 1.0
+    state = _state_with([[2, 1], [2, 3], [0, 3]], food)
+    params = apps.ForagingParams(regrow=0.0)
+    # Agents 0 and 1 both step onto (2, 2); agent 2 steps east onto (0, 4).
+    obs, new, reward, done, info = ENV.step(jax.random.key(1), state, jnp.array([2, 4, 2]),
+                                            params)
+    assert float(reward) == 2.0  # the shared cell counts once
+    claims = np.asarray(info["claims"]).reshape(5, 5)
+    assert claims[2, 2] == 2 and claims[0, 4] == 3  # highest agent id + 1 wins the claim
+    np.testing.assert_array_equal(np.asarray(new.pages["agents/pos"]), [[2, 2], [2, 2], [0, 4]])
+    assert float(new.pages["food"].sum()) == 0.0
+    assert float(new.pages["collected"]) == 2.0 and not bool(done)
+    assert obs.shape == (3, ENV.obs_dim)
+    # Egocentric observation: the agent's own cell is the window centre.
+    centre = 4 * 9 + 4
+    assert float(obs[0, 81 + centre]) == 1.0  # agent 1 stands on agent 0's cell
+    with pytest.raises(ShapeError):
+        ENV.agent_deltas(state, jnp.array([0, 1]))
+    with pytest.raises(OptionError):
+        apps.Foraging(num_agents=0)
+
+
+def test_foraging_episodes_are_deterministic_and_truncate():
+    params = apps.ForagingParams(episode_len=4)
+    step = jax.jit(chex.assert_max_traces(
+        lambda k, s, a: ENV.step(k, s, a, params), n=1))
+    _, state = ENV.reset(jax.random.key(2), params)
+    trace = []
+    for t in range(4):
+        actions = jnp.array([t % 5, (t + 1) % 5, (t + 2) % 5], jnp.int32)
+        _, state, reward, done, _ = step(jax.random.key(10 + t), state, actions)
+        trace.append((float(reward), bool(done)))
+    assert [d for _, d in trace] == [False, False, False, True]
+    assert int(state.pages["t"]) == 0  # reset after truncation
+    again = apps.evaluate_team(ENV, None, jax.random.key(5), 8, params)
+    np.testing.assert_array_equal(np.asarray(again),
+                                  np.asarray(apps.evaluate_team(ENV, None, jax.random.key(5), 8,
+                                                                params)))
+    assert again.shape == (8,)
+
+
+def test_ippo_trains_independent_agents_deterministically():
+    config = PPOConfig(num_envs=4, num_steps=8, total_timesteps=64, update_epochs=1,
+                       num_minibatches=2, hidden=16)
+    ippo = apps.make_ippo_train(config, ENV)
+    train = jax.jit(chex.assert_max_traces(ippo.train, n=1))
+    params0 = ippo.init(jax.random.key(0))
+    out, graphdef = train(jax.random.key(1), params0), ippo.graphdef
+    leaves = jax.tree.leaves(out.params)
+    assert all(x.shape[0] == 3 for x in leaves)
+    assert out.metrics["episode_return"].shape == (2,)
+    assert out.metrics["actor_loss"].shape == (2, 3)
+    assert np.all(np.isfinite(np.asarray(out.metrics["total_loss"])))
+    # Independent: each agent has its own parameters.
+    first = np.asarray(leaves[0])
+    assert not np.array_equal(first[0], first[1])
+    again = train(jax.random.key(1), ippo.init(jax.random.key(0)))
+    chex.assert_trees_all_equal(out.params, again.params)
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(params0), leaves, strict=True))
+    policy = apps.team_policy(graphdef, out.params)
+    obs, _ = ENV.reset(jax.random.key(1))
+    actions = policy(jax.random.key(2), obs)
+    assert actions.shape == (3,) and actions.dtype == jnp.int32
+    assert np.all((np.asarray(actions) >= 0) & (np.asarray(actions) < 5))
+    with pytest.raises(OptionError):
+        apps.make_ippo_train(config, GridWorld())
+
+
+@pytest.mark.slow
+def test_ippo_beats_random_on_foraging():
+    env = apps.Foraging(num_agents=3, grid=5)
+    params = apps.ForagingParams(food_density=0.15, regrow=0.01)
+    config = PPOConfig(lr=1e-3, num_envs=32, num_steps=32, total_timesteps=32 * 32 * 80,
+                       update_epochs=4, num_minibatches=4, gamma=0.95, hidden=64)
+    out, graphdef = apps.train_ippo(config, env, jax.random.key(0), params)
+    trained = apps.evaluate_team(env, apps.team_policy(graphdef, out.params),
+                                 jax.random.key(1), 256, params)
+    rand = apps.evaluate_team(env, None, jax.random.key(1), 256, params)
+    margin = 3 * float(jnp.std(rand)) / np.sqrt(256)
+    assert float(trained.mean()) > float(rand.mean()) + margin
