@@ -13,6 +13,7 @@ what :class:`~mmsb_jax.agents.HybridAgent` and :func:`evaluate` rely on.
 
 from __future__ import annotations
 
+import abc
 import functools
 from typing import Any, NamedTuple
 
@@ -27,7 +28,7 @@ from mmsb_jax.errors import OptionError
 __all__ = ["Agent", "EvalResult", "RandomAgent", "evaluate"]
 
 
-class Agent:
+class Agent(abc.ABC):
     """Base class of agents over a discrete action space of :attr:`num_actions` actions.
 
     Subclasses implement :meth:`policy`; :meth:`act` samples from it (or takes its argmax).
@@ -35,6 +36,7 @@ class Agent:
 
     num_actions: int
 
+    @abc.abstractmethod
     def policy(self, key: jax.Array, obs: jax.Array, state: State | None = None) -> jax.Array:
         """The action distribution.
 
@@ -46,7 +48,6 @@ class Agent:
         Returns:
           ``float32[A]`` action probabilities (non-negative, summing to 1).
         """
-        raise NotImplementedError
 
     def act(self, key: jax.Array, obs: jax.Array, state: State | None = None, *,
             greedy: bool = False) -> jax.Array:

@@ -23,6 +23,7 @@ observation and the distance to the goal are computed by propagation).
 
 from __future__ import annotations
 
+import abc
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -72,7 +73,7 @@ class Transition(NamedTuple):
     info: Mapping[str, Any]
 
 
-class BusEnv:
+class BusEnv(abc.ABC):
     """Base class of gymnax-style environments whose state is an :class:`mmsb_jax.State`.
 
     A subclass passes its schema (or a :class:`mmsb_jax.core.graph.Graph` with derived pages) to
@@ -109,15 +110,16 @@ class BusEnv:
 
     # -- to implement ---------------------------------------------------------------------
     @property
+    @abc.abstractmethod
     def default_params(self) -> Any:
         """The environment parameters used when ``params`` is None."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def num_actions(self) -> int:
         """Number of discrete actions."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def initial_deltas(self, key: jax.Array, params: Any) -> Sequence[Delta]:
         """The deltas that build an episode's first state from the zero state.
 
@@ -128,8 +130,8 @@ class BusEnv:
         Returns:
           Deltas on base pages; pages they do not touch start as zeros.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def transition(self, key: jax.Array, state: State, action: jax.Array,
                    params: Any) -> Transition:
         """The deltas, reward and termination of one step from ``state`` under ``action``.
@@ -143,7 +145,6 @@ class BusEnv:
         Returns:
           A :class:`Transition`.
         """
-        raise NotImplementedError
 
     def observe(self, state: State, params: Any) -> jax.Array:
         """The observation of ``state``: by default the page ``"obs"``.
