@@ -71,7 +71,7 @@ def check_same_dtype(what: str, page: jax.Array, values: jax.Array) -> None:
 
 
 def reference_combine(op: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``(old, new) -> result`` of ``op`` in plain ``jnp`` (identical to the core's ``op_fn``)."""
+    """``(old, new) -> result`` of ``op`` in plain ``jnp`` (also the core's ``op_fn``)."""
     return {
         "set": lambda a, b: b,
         "add": jnp.add,

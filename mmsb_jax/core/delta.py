@@ -51,6 +51,7 @@ from mmsb_jax.errors import (
     ShapeError,
     UnknownPageError,
 )
+from mmsb_jax.kernels.ops import reference_combine
 
 __all__ = [
     "KINDS",
@@ -97,16 +98,12 @@ def check_op_dtype(op: str, dtype: Any, page: str = "?") -> None:
 
 
 def op_fn(op: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The binary function ``(old, new) -> result`` of a delta op."""
-    return {
-        "set": lambda a, b: b,
-        "add": jnp.add,
-        "mul": jnp.multiply,
-        "min": jnp.minimum,
-        "max": jnp.maximum,
-        "or": jnp.bitwise_or,
-        "and": jnp.bitwise_and,
-    }[op]
+    """The binary function ``(old, new) -> result`` of a delta op.
+
+    One table serves the core merge and the kernels' references (``mmsb_jax.kernels.ops``), so
+    both combine values the same way.
+    """
+    return reference_combine(op)
 
 
 def identity_value(op: str, dtype: Any) -> Any:
