@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 import mmsb_jax as mm
-from mmsb_jax.store.replay import apply_transaction
+from mmsb_jax.core.transaction import apply_transaction
 
 __all__ = ["demo_graph", "demo_schema", "run_demo"]
 

@@ -560,7 +560,7 @@ def replay_backtest(directory: str | os.PathLike) -> BacktestResult:
     Returns:
       :class:`BacktestResult` (``seconds`` is the replay time).
     """
-    from mmsb_jax.store.replay import apply_transaction
+    from mmsb_jax.core.transaction import apply_transaction
 
     t0 = time.perf_counter()
     txns = _transactions(directory)

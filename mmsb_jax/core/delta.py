@@ -57,6 +57,7 @@ __all__ = [
     "KINDS",
     "OPS",
     "PADDING",
+    "UNIQUE_CHECK_MIN",
     "Delta",
     "apply",
     "apply_batch",
@@ -76,7 +77,11 @@ __all__ = [
 OPS: tuple[str, ...] = ("set", "add", "mul", "min", "max", "or", "and")
 KINDS: tuple[str, ...] = ("rows", "masked", "full")
 PADDING: int = -1
+#: Host row indices of at least this many slots are checked for being sorted and unique (an
+#: O(k) host pass that lets the merge skip its O(k log k) device sort); shorter ones are not.
+UNIQUE_CHECK_MIN: int = 64
 INDEX_CHECK_TAG = "mmsb:index_out_of_range"
+_Tracer = jax.core.Tracer
 
 
 def _is_bool(dtype: Any) -> bool:
@@ -138,6 +143,9 @@ class Delta:
       op: one of :data:`OPS` (static).
       count: how many user deltas this delta stands for (static; ``compose`` adds them). Applying
         it advances the page's epoch by ``count``.
+      unique: (static) the in-range row indices are known to be distinct. :meth:`rows` sets it
+        for host indices of at least :data:`UNIQUE_CHECK_MIN` slots whose in-range entries are
+        strictly increasing; the merge then scatters directly instead of sorting (same bits).
       indices: ``int32[k]`` row indices for ``rows`` (``-1`` = padding), else ``None``.
       mask: ``bool[*page.shape]`` for ``masked``, else ``None``.
       values: ``[k, *row]`` for ``rows``, ``[*page.shape]`` otherwise.
@@ -150,6 +158,7 @@ class Delta:
     kind: str = dataclasses.field(metadata=dict(static=True), default="full")
     op: str = dataclasses.field(metadata=dict(static=True), default="set")
     count: int = dataclasses.field(metadata=dict(static=True), default=1)
+    unique: bool = dataclasses.field(metadata=dict(static=True), default=False)
 
     # -- constructors ---------------------------------------------------------------------
     @staticmethod
@@ -163,27 +172,30 @@ class Delta:
           op: one of :data:`OPS`. Duplicates: ``set`` keeps the last, others combine in order.
         """
         _check_op_name(op)
-        if not isinstance(indices, jax.Array | jax.core.Tracer):
-            host = np.asarray(indices)
-            if host.dtype.kind in "iu" and host.size and (
-                    host.min() < np.iinfo(np.int32).min or host.max() > np.iinfo(np.int32).max):
-                # Checked before the int32 cast, which would wrap 2**32 + 3 to row 3.
-                raise IndexOutOfRangeError(
-                    f"rows delta on {page!r}: indices outside the int32 range "
-                    f"(min {host.min()}, max {host.max()})")
-        idx = jnp.asarray(indices)
+        idx = indices if isinstance(indices, jax.Array | _Tracer) else np.asarray(indices)
+        if isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and idx.size and (
+                idx.dtype.itemsize > 4 or idx.dtype == np.uint32) and (
+                idx.min() < np.iinfo(np.int32).min or idx.max() > np.iinfo(np.int32).max):
+            # Checked before the int32 cast, which would wrap 2**32 + 3 to row 3.
+            raise IndexOutOfRangeError(
+                f"rows delta on {page!r}: indices outside the int32 range "
+                f"(min {idx.min()}, max {idx.max()})")
         if idx.ndim != 1:
             raise ShapeError(f"rows delta on {page!r}: indices must be 1-D, got shape {idx.shape}")
-        if not (_is_int(idx.dtype)):
+        if idx.dtype.kind not in "iu":
             raise DTypeError(f"rows delta on {page!r}: indices must be integers, got {idx.dtype}")
-        idx = idx.astype(jnp.int32)
-        vals = jnp.asarray(values)
+        if idx.dtype != np.int32:
+            idx = idx.astype(np.int32)
+        vals = _leaf(values)
         if vals.ndim < 1 or vals.shape[0] != idx.shape[0]:
             raise ShapeError(
                 f"rows delta on {page!r}: values shape {vals.shape} does not start with "
                 f"k={idx.shape[0]} (one row of values per index)"
             )
-        return Delta(indices=idx, mask=None, values=vals, page=page, kind="rows", op=op)
+        unique = (isinstance(idx, np.ndarray) and idx.shape[0] >= UNIQUE_CHECK_MIN
+                  and _sorted_unique(idx))
+        return Delta(indices=idx, mask=None, values=vals, page=page, kind="rows", op=op,
+                     unique=unique)
 
     @staticmethod
     def masked(page: str, mask: Any, values: Any, op: str = "set") -> Delta:
@@ -196,10 +208,10 @@ class Delta:
           op: one of :data:`OPS`.
         """
         _check_op_name(op)
-        m = jnp.asarray(mask)
-        if m.dtype != jnp.bool_:
+        m = _leaf(mask)
+        if m.dtype != np.bool_:
             raise MaskError(f"masked delta on {page!r}: mask must be bool, got {m.dtype}")
-        vals = jnp.asarray(values)
+        vals = _leaf(values)
         if vals.shape != m.shape:
             raise ShapeError(
                 f"masked delta on {page!r}: values shape {vals.shape} != mask shape {m.shape}"
@@ -210,8 +222,8 @@ class Delta:
     def full(page: str, values: Any, op: str = "set") -> Delta:
         """Combine the whole page with ``values: [*page.shape]`` (``set`` replaces it)."""
         _check_op_name(op)
-        return Delta(indices=None, mask=None, values=jnp.asarray(values), page=page,
-                     kind="full", op=op)
+        return Delta(indices=None, mask=None, values=_leaf(values), page=page, kind="full",
+                     op=op)
 
     # -- conveniences ---------------------------------------------------------------------
     @property
@@ -234,6 +246,31 @@ class Delta:
                 + (f", count={self.count}" if self.count != 1 else "") + ")")
 
 
+def _leaf(x: Any) -> Any:
+    """A delta leaf without device work: JAX arrays and tracers as they are, anything else as
+    a host numpy array in JAX's canonical dtype (``float64 -> float32`` unless x64 is on).
+
+    Host leaves go to the device with the jitted apply that consumes them, in the same
+    dispatch, so building a delta from numpy costs no separate transfer.
+    """
+    if isinstance(x, jax.Array | _Tracer):
+        return x
+    arr = np.asarray(x)
+    want = _CANONICAL.get(arr.dtype)
+    if want is None:
+        want = _CANONICAL[arr.dtype] = np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))
+    return arr if want == arr.dtype else arr.astype(want)
+
+
+_CANONICAL: dict[np.dtype, np.dtype] = {}
+
+
+def _sorted_unique(idx: np.ndarray) -> bool:
+    """Whether the in-range (non-padding) entries of host indices strictly increase."""
+    valid = idx[idx >= 0] if idx[-1] < 0 or idx[0] < 0 else idx
+    return bool(valid.shape[0] < 2 or (valid[1:] > valid[:-1]).all())
+
+
 def _check_op_name(op: str) -> None:
     if op not in OPS:
         raise OpError(f"unknown op {op!r}; expected one of {OPS}")
@@ -242,7 +279,7 @@ def _check_op_name(op: str) -> None:
 # -- validation (host side, before anything changes) ----------------------------------------
 
 def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, _Tracer)
 
 
 def validate(delta: Delta, page: Any, *, check_values: bool = True) -> None:
@@ -294,13 +331,45 @@ def validate(delta: Delta, page: Any, *, check_values: bool = True) -> None:
 
 
 def validate_deltas(state: State, deltas: Sequence[Delta]) -> None:
-    """Validate every delta against ``state`` (typed errors; see :func:`validate`)."""
+    """Validate every delta against ``state`` (typed errors; see :func:`validate`).
+
+    The structural checks (op, kind, dtypes, shapes) depend only on the delta's static
+    structure and the page's shape and dtype, so they run once per structure and are
+    remembered; the row-range check of concrete indices runs on every call.
+    """
+    pages = state.pages
     for d in deltas:
         if not isinstance(d, Delta):
             raise TypeError(f"expected a Delta, got {type(d).__name__}")
-        if d.page not in state.pages:
-            raise UnknownPageError(d.page, tuple(state.pages))
-        validate(d, state.pages[d.page])
+        page = pages.get(d.page)
+        if page is None:
+            raise UnknownPageError(d.page, tuple(pages))
+        key = (d.page, d.kind, d.op, page.shape, page.dtype, d.values.shape, d.values.dtype,
+               None if d.mask is None else (d.mask.shape, d.mask.dtype),
+               None if d.indices is None else d.indices.shape)
+        if key not in _VALID_STRUCTURES:
+            validate(d, page)
+            if len(_VALID_STRUCTURES) >= _MAX_VALID_STRUCTURES:
+                _VALID_STRUCTURES.clear()
+            _VALID_STRUCTURES.add(key)
+        elif d.kind == "rows" and not _rows_in_range(d.indices, page.shape[0]):
+            validate(d, page)  # raises IndexOutOfRangeError with the offending indices
+
+
+_VALID_STRUCTURES: set[tuple] = set()
+_MAX_VALID_STRUCTURES = 4096
+
+
+def _rows_in_range(indices: Any, n: int) -> bool:
+    """Whether concrete ``indices`` lie in ``[-1, n)`` (traced ones: checked under jit)."""
+    if isinstance(indices, _Tracer) or not indices.shape[0]:
+        return True
+    host = np.asarray(indices)
+    if host.shape[0] <= 64:  # Python's min/max beat two numpy reductions on short arrays
+        values = host.tolist()
+        return min(values) >= PADDING and max(values) < n
+    return bool(host.min() >= PADDING) and bool(host.max() < n)
+
 
 
 # -- the merge ------------------------------------------------------------------------------
@@ -412,15 +481,32 @@ def segmented_scan(fn: Callable[[jax.Array, jax.Array], jax.Array], segment: jax
     return values
 
 
-def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str) -> jax.Array:
-    n = page.shape[0]
-    if indices.shape[0] == 0:
-        return page
+# Whether row-range checks are traced: only while ``mm.checked`` runs its function. A
+# ``checkify`` check does nothing outside ``checkify``, but it is an effect, and an effect keeps
+# every jitted function that contains it off JAX's C++ dispatch fast path. The setting is a
+# ``jax.make_user_context`` value, part of the jit cache key, so a function traced without
+# checks is traced again (with them) when it first runs under ``mm.checked``.
+_checks_traced = jax.make_user_context(default_value=False)
+
+
+def _debug_check_rows(indices: jax.Array, n: int) -> None:
+    if not _checks_traced.value:
+        return
     checkify.debug_check(
         jnp.all((indices >= PADDING) & (indices < n)),
         INDEX_CHECK_TAG + ": row index outside [-1, {n}) in a rows delta",
         n=jnp.int32(n),
     )
+
+
+def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str,
+                unique: bool = False) -> jax.Array:
+    n = page.shape[0]
+    if indices.shape[0] == 0:
+        return page
+    _debug_check_rows(indices, n)
+    if unique:
+        return _merge_unique_rows(page, indices, values, op)
     # The dispatcher (MMSB_KERNELS=auto|pallas|xla) runs the Pallas row-merge kernel on GPU
     # and this module's XLA merge elsewhere; both give the same bits.
     return kernels.merge_rows(page, indices, values, op, xla=_merge_rows_xla)
@@ -445,6 +531,24 @@ def _merge_rows_xla(page: jax.Array, indices: jax.Array, values: jax.Array, op: 
     return page.at[rows].set(op_fn(op)(old, vals), mode="drop", out_sharding=out)
 
 
+def _merge_unique_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str
+                       ) -> jax.Array:
+    """Merge rows known to be distinct: one gather-combine-scatter, no sort.
+
+    Each row is written at most once, so the scatter is deterministic on every backend, and
+    each written value is ``op(old, new)`` exactly as the sorting merge computes it: the
+    results are bit-identical.
+    """
+    n = page.shape[0]
+    out = _out_sharding(page)
+    key = jnp.where(indices < 0, n, indices)
+    if op != "set":
+        old = page.at[key].get(mode="fill", fill_value=0, unique_indices=True,
+                               out_sharding=None if out is None else _replicated(out))
+        values = op_fn(op)(old, values)
+    return page.at[key].set(values, mode="drop", unique_indices=True, out_sharding=out)
+
+
 def _replicated(sharding: Any) -> Any:
     return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
 
@@ -456,7 +560,7 @@ def apply_page(page: jax.Array, delta: Delta) -> jax.Array:
     """
     fn = op_fn(delta.op)
     if delta.kind == "rows":
-        return _merge_rows(page, delta.indices, delta.values, delta.op)
+        return _merge_rows(page, delta.indices, delta.values, delta.op, delta.unique)
     if delta.kind == "masked":
         return jnp.where(delta.mask, fn(page, delta.values), page)
     return fn(page, delta.values).astype(page.dtype)
@@ -500,13 +604,10 @@ def merge_rows_sharded(page: jax.Array, indices: jax.Array, values: jax.Array, o
         rows = block.shape[0]
         start = lax.axis_index(axes) * rows
         mine = (idx >= start) & (idx < start + rows)
-        return _merge_rows(block, jnp.where(mine, idx - start, PADDING), vals, op)
+        with _checks_traced(False):  # checked once, below, on the global indices
+            return _merge_rows(block, jnp.where(mine, idx - start, PADDING), vals, op)
 
-    checkify.debug_check(
-        jnp.all((indices >= PADDING) & (indices < page.shape[0])),
-        INDEX_CHECK_TAG + ": row index outside [-1, {n}) in a rows delta",
-        n=jnp.int32(page.shape[0]),
-    )
+    _debug_check_rows(indices, page.shape[0])
     values_spec = P(None, *spec[1:])
     if any(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
         # Explicit meshes do not reshard shard_map inputs implicitly.
@@ -558,15 +659,19 @@ def _apply_impl(pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array],
 
 _apply_jit = jax.jit(_apply_impl, static_argnums=3)
 
+def _plans(state: State, touched: Sequence[str]) -> tuple[tuple[str, Any], ...]:
+    """Static sharding plans of the touched pages (recorded, or read off the arrays)."""
+    recorded = dict(state.shardings)
+    return tuple((n, sh) for n in touched
+                 if (sh := recorded.get(n) or page_sharding(state.pages[n])) is not None)
+
 
 def _run(state: State, deltas: Sequence[Delta]) -> State:
     touched = list(dict.fromkeys(d.page for d in deltas))
     sub_pages = {n: state.pages[n] for n in touched}
     sub_epochs = {n: state.epochs[n] for n in touched}
-    recorded = dict(state.shardings)
-    plans = tuple((n, sh) for n in touched
-                  if (sh := recorded.get(n) or page_sharding(sub_pages[n])) is not None)
-    new_pages, new_epochs = _apply_jit(sub_pages, sub_epochs, list(deltas), plans)
+    new_pages, new_epochs = _apply_jit(sub_pages, sub_epochs, list(deltas),
+                                       _plans(state, touched))
     return state.with_pages(new_pages, new_epochs)
 
 
@@ -722,7 +827,8 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        err, out = checked_fn(*args, **kwargs)
+        with _checks_traced(True):
+            err, out = checked_fn(*args, **kwargs)
         msg = err.get()
         if msg is not None:
             if INDEX_CHECK_TAG in msg:

@@ -210,6 +210,13 @@ class PageMap(Mapping[str, Any]):
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()):
         object.__setattr__(self, "_data", dict(items))
 
+    @classmethod
+    def _wrap(cls, data: dict[str, Any]) -> PageMap:
+        """A PageMap owning ``data`` (not copied: the caller hands it over)."""
+        out = object.__new__(cls)
+        object.__setattr__(out, "_data", data)
+        return out
+
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
 
@@ -218,6 +225,10 @@ class PageMap(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self[key]`` or ``default`` (one dict lookup: the commit path calls this)."""
+        return self._data.get(key, default)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("PageMap is immutable")
@@ -301,12 +312,20 @@ class State:
         self, pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array] | None = None
     ) -> State:
         """A copy with some pages (and optionally epochs) replaced; other pages are shared."""
-        new_pages = dict(self.pages)
+        new_pages = self.pages._data.copy()
         new_pages.update(pages)
-        new_epochs = dict(self.epochs)
-        if epochs is not None:
+        if epochs is None:
+            new_epochs = self.epochs
+        else:
+            new_epochs = self.epochs._data.copy()
             new_epochs.update(epochs)
-        return State(pages=new_pages, epochs=new_epochs, shardings=self.shardings)
+            new_epochs = PageMap._wrap(new_epochs)
+        # Both maps are fresh PageMaps: skip the constructor's conversions (commit hot path).
+        out = object.__new__(State)
+        object.__setattr__(out, "pages", PageMap._wrap(new_pages))
+        object.__setattr__(out, "epochs", new_epochs)
+        object.__setattr__(out, "shardings", self.shardings)
+        return out
 
     def sharding_of(self, name: str) -> jax.sharding.NamedSharding | None:
         """The recorded sharding of page ``name`` (``None`` when it is not sharded)."""

@@ -34,19 +34,25 @@ import jax
 import numpy as np
 
 from mmsb_jax.core.delta import Delta
-from mmsb_jax.core.graph import changed_provenance
-from mmsb_jax.core.pages import Schema, State, init_state
+from mmsb_jax.core.graph import Graph, changed_provenance
+from mmsb_jax.core.pages import Schema, State
+from mmsb_jax.core.transaction import (
+    TransactionRunner,
+    apply_transaction,
+    stack_transactions,
+)
 from mmsb_jax.errors import (
-    GraphError,
+    MMSBError,
     OptionError,
-    SchemaMismatchError,
     StoreError,
     UnknownPageError,
     UnknownSeqError,
 )
+from mmsb_jax.runtime._pipeline import CommitPlan, Pipeline, as_transaction, resolve_schema
 from mmsb_jax.runtime.telemetry import Telemetry
+from mmsb_jax.store import format as fmt
 from mmsb_jax.store.checkpoint import CheckpointStore
-from mmsb_jax.store.replay import _check_pages, apply_transaction, replay_with_seq
+from mmsb_jax.store.recovery import recover, replay_to, state_at
 from mmsb_jax.store.tlog import (
     DEFAULT_BATCH_COMMITS,
     DEFAULT_BATCH_INTERVAL_MS,
@@ -54,7 +60,7 @@ from mmsb_jax.store.tlog import (
     TLog,
 )
 
-__all__ = ["Bus", "CommitInfo", "Subscription"]
+__all__ = ["Bus", "CommitInfo", "Subscription", "state_at"]
 
 log = logging.getLogger("mmsb_jax.runtime")
 
@@ -72,7 +78,7 @@ class CommitInfo:
       derived: derived pages recomputed by propagation (``()`` without a graph).
       durable: True if the transaction was fsynced before ``commit`` returned (``sync="always"``).
       timestamp_ns: commit time, ns since the Unix epoch (also stored in the log).
-      seconds: wall time of the commit.
+      seconds: wall time of the commit (for :meth:`Bus.commit_many`: of the whole call).
     """
 
     seq: int
@@ -106,17 +112,6 @@ class Subscription:
     __call__ = unsubscribe
 
 
-def _check_not_derived(graph: Any, deltas: Sequence[Delta]) -> None:
-    for d in deltas:
-        if graph.is_derived(d.page):
-            raise GraphError(f"page {d.page!r} is derived (recomputed from "
-                             f"{', '.join(graph.inputs(d.page))}); commit deltas to its inputs")
-
-
-def _is_prefix(base: Schema, full: Schema) -> bool:
-    return full.specs[: len(base.specs)] == base.specs
-
-
 class Bus:
     """A durable state bus in one directory: a transaction log, checkpoints and a live State.
 
@@ -124,10 +119,10 @@ class Bus:
     directory (a second writer gets :class:`StoreError`).
     """
 
-    def __init__(self, directory: Path, schema: Schema, graph: Any, tlog: TLog,
+    def __init__(self, directory: Path, schema: Schema, graph: Graph | None, tlog: TLog,
                  ckpts: CheckpointStore, telemetry: Telemetry, state: State, seq: int, *,
                  mesh: jax.sharding.Mesh | None, checkpoint_every: int | None,
-                 prune_log: bool):
+                 prune_log: bool, donate: bool = False):
         self.directory = directory
         self.schema = schema
         self.graph = graph
@@ -144,6 +139,9 @@ class Bus:
         self._ckpt_lock = threading.RLock()
         self._subs: list[Subscription] = []
         self._closed = False
+        self._donate = bool(donate)
+        self._pipe = Pipeline(graph, log_layouts=True, donate=self._donate)
+        self._durable = tlog.sync_policy == "always"
         telemetry.seq.set(seq)
         telemetry.torn.set(tlog.recovery.bytes_cut)
         telemetry.set_page_memory(state.pages)
@@ -151,11 +149,13 @@ class Bus:
     # -- opening ----------------------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | os.PathLike, schema: Schema | None = None,
-             graph: Any = None, sync: str = "batch", *, mesh: jax.sharding.Mesh | None = None,
+             graph: Graph | None = None, sync: str = "batch", *,
+             mesh: jax.sharding.Mesh | None = None,
              checkpoint_every: int | None = None, keep_checkpoints: int = 3,
              prune_log: bool = False, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
              batch_commits: int = DEFAULT_BATCH_COMMITS,
-             batch_interval_ms: float = DEFAULT_BATCH_INTERVAL_MS) -> Bus:
+             batch_interval_ms: float = DEFAULT_BATCH_INTERVAL_MS,
+             donate: bool = False) -> Bus:
         """Open the bus in ``directory``, creating it or recovering it.
 
         Args:
@@ -175,6 +175,13 @@ class Bus:
           segment_bytes: roll the log to a new segment at this size.
           batch_commits: ``batch`` sync: fsync at least every this many commits.
           batch_interval_ms: ``batch`` sync: fsync at most this long after a commit.
+          donate: update pages in place: each commit donates the buffers of the pages it
+            touches (all pages with a graph) to XLA, as ``jax.jit(..., donate_argnums=...)``
+            does, instead of copying them. Then a State obtained before a commit
+            (``bus.state``, ``bus.at(bus.seq)``, a subscriber's argument) has those pages
+            deleted by it: read with :meth:`read` (a copy) or copy what you keep. With
+            ``checkpoint_every`` the periodic checkpoints are then saved synchronously (a
+            background save must not read a donated page). Off by default.
 
         Returns:
           The open Bus; its state is the state after the last complete logged commit.
@@ -189,12 +196,7 @@ class Bus:
             raise OptionError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
         if int(keep_checkpoints) < 1:
             raise OptionError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
-        if graph is not None:
-            full = graph.schema
-            if schema is not None and schema != full and not _is_prefix(schema, full):
-                raise SchemaMismatchError(
-                    f"schema {schema} is neither the graph's schema nor its base schema")
-            schema = full
+        schema = resolve_schema(schema, graph)
         provenance = dict(graph.provenance()) if graph is not None else {}
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
@@ -214,10 +216,11 @@ class Bus:
                     log.warning("the code of derived page(s) %s changed since %s was written; "
                                 "replay recomputes them with the new code", ", ".join(changed),
                                 directory)
-            state, seq = _recover(tlog, ckpts, tlog.schema, mesh, graph)
+            state, seq = recover(tlog, ckpts, tlog.schema, mesh, graph)
             return cls(directory, tlog.schema, graph, tlog, ckpts, telemetry, state, seq,
                        mesh=mesh, checkpoint_every=None if checkpoint_every is None
-                       else int(checkpoint_every), prune_log=bool(prune_log))
+                       else int(checkpoint_every), prune_log=bool(prune_log),
+                       donate=donate)
         except BaseException:
             if ckpts is not None:
                 ckpts.close()
@@ -259,6 +262,11 @@ class Bus:
     def commit(self, deltas: Delta | Sequence[Delta]) -> CommitInfo:
         """Commit one transaction: validate -> log -> apply -> propagate -> notify.
 
+        The transaction is applied by one jitted function (apply + propagation) that JAX runs
+        asynchronously: ``commit`` returns once it is logged and dispatched (with a graph,
+        once the derived pages' epochs are known). A repeated commit of the same structure
+        reuses its cached plan and hits JAX's C++ dispatch fast path.
+
         Args:
           deltas: a Delta or a sequence of Deltas, applied in order as one transaction
             (``apply_batch`` semantics). An empty sequence commits an empty transaction.
@@ -268,91 +276,235 @@ class Bus:
 
         Raises:
           UnknownPageError, DTypeError, ShapeError, MaskError, IndexOutOfRangeError, OpError:
-            an invalid delta (nothing logged, state unchanged).
+            an invalid delta (nothing logged, state unchanged). GraphError: a delta writes a
+            derived page.
           StoreError: the log write failed (log and state unchanged) or the bus is closed.
           FormatError: a delta too large for one log record (nothing logged).
         """
         t0 = time.perf_counter()
-        deltas = [deltas] if isinstance(deltas, Delta) else list(deltas)
+        deltas = as_transaction(deltas)
+        tel = self._tel
         with self._lock:
             if self._closed:
                 raise StoreError(f"bus {self.directory} is closed")
             state = self._state
             try:
-                _check_pages(state, deltas)
-                if self.graph is not None:
-                    _check_not_derived(self.graph, deltas)
+                plan = self._pipe.prepare(state, deltas)
             except BaseException:
-                self._tel.failures.inc()
+                tel.failures.inc()
                 raise
             t1 = time.perf_counter()
             seq = self._seq + 1
-            pages = tuple(dict.fromkeys(d.page for d in deltas))
-            affected = (tuple(n for n in self.graph.descendants(pages) if self.graph.is_derived(n))
-                        if self.graph is not None and pages else ())
             ts = time.time_ns()
             try:
-                nbytes = self._tlog.append(seq, deltas, affected, timestamp_ns=ts)
+                nbytes = self._tlog.append(seq, deltas, plan.affected, timestamp_ns=ts,
+                                           layout=plan.layout)
             except BaseException:
-                self._tel.failures.inc()
+                tel.failures.inc()
                 raise
             t2 = time.perf_counter()
             try:
-                new_state = apply_transaction(state, deltas, check=False, graph=self.graph)
-                jax.block_until_ready([new_state.pages[n] for n in (*pages, *affected)])
+                new_state = self._pipe.apply(state, deltas)
                 t3 = time.perf_counter()
-                derived = self._changed_derived(state, new_state, affected)
+                derived = self._pipe.changed(state, new_state, plan.affected)
             except BaseException:
-                self._tel.failures.inc()
+                tel.failures.inc()
                 self._tlog.undo_last()
                 raise
             t4 = time.perf_counter()
             self._state = new_state
             self._seq = seq
-            info = CommitInfo(seq=seq, bytes_logged=nbytes, pages=pages, derived=tuple(derived),
-                              durable=self._tlog.sync_policy == "always", timestamp_ns=ts,
-                              seconds=t4 - t0)
-            tel = self._tel
-            tel.observe("validate", t1 - t0)
-            tel.observe("log", t2 - t1)
-            tel.observe("apply", t3 - t2)
-            tel.observe("propagate", t4 - t3)
-            tel.observe("commit", t4 - t0)
-            tel.commits.inc()
-            tel.bytes_logged.inc(nbytes)
-            tel.bytes_applied.inc(sum(int(np.size(d.values)) * np.dtype(d.values.dtype).itemsize
-                                      for d in deltas))
-            tel.seq.set(seq)
+            info = CommitInfo(seq, nbytes, plan.pages, derived, self._durable, ts, t4 - t0)
+            tel.record_commit(t0, t1, t2, t3, t4, 1, nbytes, plan.nbytes_applied)
+            tel.seq.value = seq
             if self._checkpoint_every and seq % self._checkpoint_every == 0:
                 self._checkpoint_locked(wait=False)
+            if not self._subs:
+                return info
             subs = [s for s in self._subs if s.matches(info)]
             self._notify_lock.acquire()
+        self._notify([(info, new_state, subs)])
+        return info
+
+    def commit_many(self, transactions: Iterable[Delta | Sequence[Delta]]
+                    ) -> list[CommitInfo]:
+        """Commit a sequence of transactions in one call: one log write, one jitted scan.
+
+        The seed's "command buffers": every transaction is validated first, all of them are
+        then encoded and written with one ``os.write`` (one fsync under ``sync="always"``:
+        group commit made explicit) and applied in order, runs of same-shaped transactions
+        stacked into one jitted ``lax.scan`` (propagation inside the scan body, as replay
+        does). Each transaction keeps its own seq, :class:`CommitInfo`, time-travel target
+        (``bus.at(seq)``) and subscriber notifications, in order. The result is bit-identical
+        to committing the transactions one by one with :meth:`commit`.
+
+        When a subscriber would be notified of a transaction of the batch, the transactions
+        are applied one at a time instead of scanned (each notification gets the State right
+        after its own transaction); ``checkpoint_every`` checkpoints after the call, at its
+        last seq, when the batch crossed a multiple.
+
+        Args:
+          transactions: each a Delta or a sequence of Deltas (one transaction each).
+
+        Returns:
+          One :class:`CommitInfo` per transaction, in order (``[]`` for no transactions).
+
+        Raises:
+          The errors of :meth:`commit`. A bad transaction refuses the whole call before
+          anything is logged or applied; the exception carries its position as
+          ``exc.transaction_index`` and in a note.
+        """
+        t0 = time.perf_counter()
+        txns = [as_transaction(t) for t in transactions]
+        tel = self._tel
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"bus {self.directory} is closed")
+            if not txns:
+                return []
+            state = self._state
+            plans: list[CommitPlan | None] = []
+            for i, t in enumerate(txns):
+                try:
+                    plans.append(self._pipe.prepare(state, t) if t else None)
+                except (MMSBError, TypeError) as e:
+                    tel.failures.inc()
+                    e.transaction_index = i  # type: ignore[attr-defined]
+                    e.add_note(f"in transaction {i} of commit_many: nothing was committed")
+                    raise
+            t1 = time.perf_counter()
+            first = self._seq + 1
+            ts = time.time_ns()
+            runs = _runs(plans)
+            try:
+                nbytes = self._log_runs(first, txns, plans, runs, ts)
+            except BaseException:
+                tel.failures.inc()
+                raise
+            t2 = time.perf_counter()
+            infos_pages = [(p.pages, p.affected) if p is not None else ((), ()) for p in plans]
+            sizes = [_txn_bytes(p) for p in plans]
+            stepwise = any(s.pages is None or not s.pages.isdisjoint(pages)
+                           or not s.pages.isdisjoint(affected)
+                           for s in self._subs for pages, affected in infos_pages)
+            try:
+                if stepwise:
+                    states, derived = self._apply_stepwise(state, txns, plans)
+                    new_state = states[-1]
+                else:
+                    states = None
+                    new_state, derived = self._apply_scanned(state, txns, plans)
+                t3 = time.perf_counter()
+            except BaseException:
+                tel.failures.inc()
+                self._tlog.undo_last()
+                raise
+            t4 = time.perf_counter()
+            last = first + len(txns) - 1
+            infos = [CommitInfo(first + i, sizes[i], infos_pages[i][0], derived[i],
+                                self._durable, ts, t4 - t0) for i in range(len(txns))]
+            self._state = new_state
+            self._seq = last
+            tel.record_commit(t0, t1, t2, t3, t4, len(txns), nbytes,
+                              sum(p.nbytes_applied for p in plans if p is not None))
+            tel.seq.value = last
+            every = self._checkpoint_every
+            if every and last // every > (first - 1) // every:
+                self._checkpoint_locked(wait=False)
+            if states is None:
+                return infos
+            batch = [(info, st, [s for s in self._subs if s.matches(info)])
+                     for info, st in zip(infos, states, strict=True)]
+            self._notify_lock.acquire()
+        self._notify(batch)
+        return infos
+
+    # -- commit_many helpers (called with the commit lock held) -----------------------------
+    def _log_runs(self, first: int, txns: list[list[Delta]], plans: list[CommitPlan | None],
+                  runs: list[tuple[int, int]], ts: int) -> int:
+        """Encode every transaction (runs of one plan at once) and append them in one write."""
+        total = sum(_txn_bytes(p) for p in plans)
+
+        def encode(salt: int) -> bytes:
+            parts = []
+            for start, stop in runs:
+                plan = plans[start]
+                if plan is None:
+                    parts += [fmt.encode_transaction(salt, first + i, [], (), ts)
+                              for i in range(start, stop)]
+                elif stop - start == 1:
+                    parts.append(plan.layout.encode(salt, first + start, txns[start], ts))
+                else:
+                    stacked = stack_transactions(txns[start:stop])
+                    parts.append(plan.layout.encode_run(salt, first + start, stacked, ts))
+            return b"".join(parts)
+
+        return self._tlog.append_encoded(first, len(txns), total, encode)
+
+    def _apply_stepwise(self, state: State, txns: list[list[Delta]],
+                        plans: list[CommitPlan | None]) -> tuple[list[State], list[tuple]]:
+        states, derived = [], []
+        for t, plan in zip(txns, plans, strict=True):
+            # never donated: the subscribers read every intermediate State afterwards
+            new = apply_transaction(state, t, check=False, graph=self.graph) if t else state
+            derived.append(self._pipe.changed(state, new, plan.affected) if plan else ())
+            states.append(new)
+            state = new
+        return states, derived
+
+    def _apply_scanned(self, state: State, txns: list[list[Delta]],
+                       plans: list[CommitPlan | None]) -> tuple[State, list[tuple]]:
+        runner = TransactionRunner(state, graph=self.graph, check=False,
+                                   record_epochs=self.graph is not None, donate=self._donate)
+        for t in txns:
+            runner.add(t)
+        new_state = runner.flush()
+        if self.graph is None:
+            return new_state, [()] * len(txns)
+        names = sorted({n for p in plans if p is not None for n in p.affected})
+        prev = {n: int(state.epochs[n]) for n in names}
+        derived: list[tuple] = []
+        i = 0
+        for count, epochs in runner.epochs:
+            steps = {n: np.asarray(epochs[n]).reshape(count) for n in names if n in epochs}
+            for j in range(count):
+                moved = set()
+                for n, col in steps.items():
+                    v = int(col[j])
+                    if v != prev[n]:
+                        prev[n] = v
+                        moved.add(n)
+                plan = plans[i]
+                derived.append(tuple(n for n in plan.affected if n in moved) if plan else ())
+                i += 1
+        return new_state, derived
+
+    def _notify(self, batch: list[tuple[CommitInfo, State, list[Subscription]]]) -> None:
+        """Run subscriber callbacks in commit order (the notify lock is held on entry)."""
+        tel = self._tel
         try:
             t5 = time.perf_counter()
-            for sub in subs:
-                if not sub.active:
-                    continue
-                try:
-                    sub.callback(info, new_state)
-                except Exception:
-                    tel.callback_errors.inc()
-                    log.exception("subscriber callback for pages %s raised", sub.pages)
-            if subs:
+            called = False
+            for info, new_state, subs in batch:
+                for sub in subs:
+                    if not sub.active:
+                        continue
+                    called = True
+                    try:
+                        sub.callback(info, new_state)
+                    except Exception:
+                        tel.callback_errors.inc()
+                        log.exception("subscriber callback for pages %s raised", sub.pages)
+            if called:
                 tel.observe("notify", time.perf_counter() - t5)
         finally:
             self._notify_lock.release()
-        return info
 
     @staticmethod
     def _changed_derived(before: State, after: State, affected: Sequence[str]
                          ) -> tuple[str, ...]:
-        """Derived pages whose value changed in this commit (their epoch moved).
-
-        Propagation runs inside the commit's jitted transaction (:func:`apply_transaction`
-        with the graph), recomputing every affected derived page exactly once; a page whose
-        value did not change keeps its epoch (early cut-off), so it is not reported.
-        """
-        return tuple(n for n in affected if int(after.epochs[n]) != int(before.epochs[n]))
+        """Derived pages whose value changed in this commit (see ``Pipeline.changed``)."""
+        return Pipeline.changed(before, after, affected)
 
     # -- reading ----------------------------------------------------------------------------
     def read(self, name: str) -> np.ndarray:
@@ -382,7 +534,7 @@ class Bus:
         if seq == current:
             return state
         with self._ckpt_lock:
-            return _state_at(self._tlog, self._ckpts, self.schema, seq, self._mesh, self.graph)
+            return replay_to(self._tlog, self._ckpts, self.schema, seq, self._mesh, self.graph)
 
     # -- subscriptions ----------------------------------------------------------------------
     def subscribe(self, pages: str | Iterable[str] | None, callback: Callback) -> Subscription:
@@ -441,7 +593,8 @@ class Bus:
             t0 = time.perf_counter()
             if wait:
                 self._ckpts.wait()
-            self._ckpts.save(seq, state, self.schema, graph=self._provenance(), wait=wait)
+            self._ckpts.save(seq, state, self.schema, graph=self._provenance(),
+                             wait=wait or self._donate)
             self._tel.checkpoints.inc()
             self._tel.observe("checkpoint", time.perf_counter() - t0)
             if wait and self._prune_log:
@@ -515,81 +668,21 @@ class Bus:
         return f"Bus({str(self.directory)!r}, {state}, sync={self._tlog.sync_policy!r})"
 
 
-def _initial_or_checkpoint(tlog: TLog, ckpts: CheckpointStore, schema: Schema, seq: int,
-                           mesh: jax.sharding.Mesh | None) -> tuple[State, int]:
-    """The best starting point for reaching ``seq``: ``(state, its seq)``."""
-    base = ckpts.latest(seq)
-    if base is not None and base >= tlog.first_seq - 1:
-        state, _ = ckpts.restore(base, schema, mesh=mesh)
-        return state, base
-    if tlog.first_seq > 1:
-        raise UnknownSeqError(f"the log starts after seq {tlog.first_seq - 1} and no checkpoint "
-                              f"at or before seq {seq} covers the gap")
-    return init_state(schema, mesh=mesh), 0
+#: Framed bytes of an empty transaction (a lone COMMIT record).
+_EMPTY_TXN_BYTES = len(fmt.encode_transaction(0, 1, [], (), 0))
 
 
-def _state_at(tlog: TLog, ckpts: CheckpointStore, schema: Schema, seq: int,
-              mesh: jax.sharding.Mesh | None, graph: Any = None) -> State:
-    state, base = _initial_or_checkpoint(tlog, ckpts, schema, seq, mesh)
-    state, reached = replay_with_seq(state, tlog, after_seq=base, to_seq=seq, graph=graph)
-    if reached != seq:
-        raise UnknownSeqError(f"the log ends at seq {reached}, before {seq}")
-    return state
+def _txn_bytes(plan: CommitPlan | None) -> int:
+    """Logged bytes of one transaction of ``plan`` (None: an empty transaction)."""
+    return _EMPTY_TXN_BYTES if plan is None else plan.layout.nbytes
 
 
-def _recover(tlog: TLog, ckpts: CheckpointStore, schema: Schema,
-             mesh: jax.sharding.Mesh | None, graph: Any = None) -> tuple[State, int]:
-    """The state after the last logged commit: latest usable checkpoint + log suffix."""
-    last = tlog.last_seq
-    for stale in [s for s in ckpts.steps() if s > last]:
-        log.warning("checkpoint %d in %s is beyond the end of the log (seq %d); the log is the "
-                    "source of truth, deleting it", stale, ckpts.directory, last)
-        ckpts.delete(stale)
-    try:
-        state = _state_at(tlog, ckpts, schema, last, mesh, graph)
-    except UnknownSeqError as e:
-        raise StoreError(f"cannot recover {tlog.path}: {e}") from e
-    return state, last
-
-
-def state_at(directory: str | os.PathLike, seq: int | None = None, *,
-             schema: Schema | None = None, use_checkpoints: bool = True,
-             mesh: jax.sharding.Mesh | None = None,
-             progress: bool | None = None, graph: Any = None) -> tuple[State, int]:
-    """Read-only: the State of the bus directory ``directory`` after commit ``seq``.
-
-    Does not take the directory's lock (a live Bus may be writing); a torn tail is ignored.
-
-    Args:
-      directory: a bus directory.
-      seq: the commit to stop after (default: the last one in the log).
-      schema: if given, must equal the stored schema.
-      use_checkpoints: start from the nearest checkpoint (otherwise replay from seq 0).
-      mesh: place pages on this mesh.
-      progress: tqdm progress bar (default: on a terminal for long logs).
-      graph: the ``mm.Graph`` of the bus's derived pages (rebuilt by propagation); without it
-        derived pages keep the values of the checkpoint the replay starts from.
-
-    Returns:
-      ``(state, seq reached)``.
-    """
-    directory = Path(directory)
-    with TLog.open(directory / "log", readonly=True) as tlog:
-        if tlog.schema is None:
-            raise StoreError(f"{directory} holds no log")
-        if schema is not None and schema != tlog.schema:
-            raise SchemaMismatchError(f"schema differs from the one stored in {directory}")
-        target = tlog.last_seq if seq is None else int(seq)
-        if target < 0 or target > tlog.last_seq:
-            raise UnknownSeqError(f"seq {target} outside 0..{tlog.last_seq}")
-        ck_dir = directory / "checkpoints"
-        if use_checkpoints and ck_dir.is_dir():
-            with CheckpointStore(ck_dir, readonly=True) as ckpts:
-                state, base = _initial_or_checkpoint(tlog, ckpts, tlog.schema, target, mesh)
-        elif tlog.first_seq > 1:
-            raise UnknownSeqError(f"the log starts after seq {tlog.first_seq - 1}")
-        else:
-            state, base = init_state(tlog.schema, mesh=mesh), 0
-        state, reached = replay_with_seq(state, tlog, after_seq=base, to_seq=target,
-                                         progress=progress, graph=graph)
-        return state, reached
+def _runs(plans: Sequence[CommitPlan | None]) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of consecutive transactions sharing one plan (one structure)."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(plans) + 1):
+        if i == len(plans) or plans[i] is not plans[start]:
+            runs.append((start, i))
+            start = i
+    return runs

@@ -42,9 +42,10 @@ import numpy as np
 from mmsb_jax.core.delta import Delta
 from mmsb_jax.core.pages import Schema, State
 from mmsb_jax.errors import OptionError, SchemaMismatchError, StoreError
-from mmsb_jax.runtime.bus import Bus, CommitInfo, _check_not_derived, _is_prefix, _recover
+from mmsb_jax.runtime._pipeline import Pipeline, as_transaction, resolve_schema
+from mmsb_jax.runtime.bus import Bus, CommitInfo
 from mmsb_jax.store.checkpoint import CheckpointStore
-from mmsb_jax.store.replay import _check_pages, apply_transaction
+from mmsb_jax.store.recovery import recover
 from mmsb_jax.store.tlog import TLog
 
 __all__ = ["Follower", "barrier", "cpu_device_flags", "free_port", "gather", "initialize",
@@ -208,16 +209,6 @@ def gather(page: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(page, tiled=True))
 
 
-def _resolve_schema(schema: Schema | None, graph: Any) -> Schema | None:
-    if graph is None:
-        return schema
-    full = graph.schema
-    if schema is not None and schema != full and not _is_prefix(schema, full):
-        raise SchemaMismatchError(
-            f"schema {schema} is neither the graph's schema nor its base schema")
-    return full
-
-
 class Follower:
     """The Bus of a process that is not the coordinator: it commits without writing the log.
 
@@ -238,6 +229,7 @@ class Follower:
         self._seq = seq
         self._checkpoint_every = checkpoint_every
         self._closed = False
+        self._pipe = Pipeline(graph, log_layouts=False)
 
     @classmethod
     def open(cls, directory: str | os.PathLike, schema: Schema | None = None, graph: Any = None,
@@ -253,7 +245,7 @@ class Follower:
         """
         if checkpoint_every is not None and int(checkpoint_every) < 1:
             raise OptionError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
-        schema = _resolve_schema(schema, graph)
+        schema = resolve_schema(schema, graph)
         directory = Path(directory)
         if not (directory / "log").is_dir():
             raise StoreError(f"no bus log in {directory} (the coordinator creates it)")
@@ -265,7 +257,7 @@ class Follower:
             # Same options as the Bus's store: Orbax's collective calls must line up.
             ckpts = CheckpointStore(directory / "checkpoints", keep=int(keep_checkpoints))
             try:
-                state, seq = _recover(tlog, ckpts, tlog.schema, mesh, graph)
+                state, seq = recover(tlog, ckpts, tlog.schema, mesh, graph)
             except BaseException:
                 ckpts.close()
                 raise
@@ -303,20 +295,15 @@ class Follower:
         """
         if self._closed:
             raise StoreError(f"follower of {self.directory} is closed")
-        deltas = [deltas] if isinstance(deltas, Delta) else list(deltas)
+        deltas = as_transaction(deltas)
         state = self._state
-        _check_pages(state, deltas)
-        if self.graph is not None:
-            _check_not_derived(self.graph, deltas)
-        pages = tuple(dict.fromkeys(d.page for d in deltas))
-        affected = (tuple(n for n in self.graph.descendants(pages) if self.graph.is_derived(n))
-                    if self.graph is not None and pages else ())
-        new_state = apply_transaction(state, deltas, check=False, graph=self.graph)
-        derived = Bus._changed_derived(state, new_state, affected)
+        plan = self._pipe.prepare(state, deltas)
+        new_state = self._pipe.apply(state, deltas)
+        derived = self._pipe.changed(state, new_state, plan.affected)
         self._state, self._seq = new_state, self._seq + 1
         if self._checkpoint_every and self._seq % self._checkpoint_every == 0:
             self._save(wait=False)
-        return CommitInfo(seq=self._seq, bytes_logged=0, pages=pages, derived=derived)
+        return CommitInfo(seq=self._seq, bytes_logged=0, pages=plan.pages, derived=derived)
 
     def _save(self, *, wait: bool) -> int:
         if wait:
@@ -372,7 +359,7 @@ def open_bus(directory: str | os.PathLike, schema: Schema | None = None, graph: 
     if "prune_log" in bus_options:
         raise OptionError("prune_log is not supported by open_bus; prune from process 0 after "
                           "the run")
-    schema = _resolve_schema(schema, graph)
+    schema = resolve_schema(schema, graph)
     directory = Path(directory)
     if is_coordinator():
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,27 +1,51 @@
-"""Bus telemetry: Prometheus metrics in a registry of their own, and a plain-dict snapshot.
+"""Bus telemetry: counters and latency histograms that cost next to nothing per commit.
 
-Each :class:`Telemetry` owns a ``prometheus_client.CollectorRegistry``, so two buses in one
-process never mix their numbers. :meth:`Telemetry.serve` exposes the registry over HTTP, bound to
-``127.0.0.1`` unless told otherwise.
+A commit records its stage timestamps by appending one tuple to a list; the tuples are folded
+into cumulative histogram counts (one vectorised ``numpy`` pass) every few thousand commits
+and whenever the numbers are read. Prometheus reads them through a collector of this
+Telemetry's own ``CollectorRegistry`` (so two buses in one process never mix their numbers);
+:meth:`Telemetry.serve` exposes the registry over HTTP, bound to ``127.0.0.1`` unless told
+otherwise.
+
+Latency stages (``mmsb_<stage>_seconds``):
+
+* ``commit``: the whole call, from entry to the return of ``commit``/``commit_many``.
+* ``validate``: host-side validation and planning of the deltas.
+* ``log``: encoding and writing the transaction(s) (with the fsync under ``sync="always"``).
+* ``dispatch``: handing the jitted transaction (apply + propagation) to JAX. JAX runs it
+  asynchronously, so this is not the device time.
+* ``wait``: blocking until the derived pages' epochs are known (only with a graph: that is how
+  the Bus learns which derived pages changed; zero otherwise).
+* ``notify``: subscriber callbacks; ``fsync``: each fsync of the log; ``checkpoint``: saves.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["LATENCY_BUCKETS", "Telemetry", "page_memory"]
+__all__ = ["LATENCY_BUCKETS", "STAGES", "Telemetry", "page_memory"]
 
 #: Histogram buckets (seconds): 10 µs .. 10 s.
 LATENCY_BUCKETS: tuple[float, ...] = (
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
     0.5, 1.0, 2.5, 5.0, 10.0)
 
-_LATENCIES = ("commit", "validate", "log", "apply", "propagate", "notify", "fsync", "checkpoint")
+#: Latency stages, in the order of the module docstring.
+STAGES: tuple[str, ...] = ("commit", "validate", "log", "dispatch", "wait", "notify", "fsync",
+                           "checkpoint")
+_INDEX = {s: i for i, s in enumerate(STAGES)}
+_COMMIT_STAGES = np.array([_INDEX[s] for s in ("validate", "log", "dispatch", "wait")])
+_FOLD_EVERY = 4096
+_BOUNDS = np.asarray(LATENCY_BUCKETS)
 
 
 def page_memory(pages: Mapping[str, jax.Array]) -> dict[str, int]:
@@ -41,89 +65,144 @@ def page_memory(pages: Mapping[str, jax.Array]) -> dict[str, int]:
     return out
 
 
+class Count:
+    """A monotonically increasing counter (``inc``) or, with ``set``, a gauge."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        """Add ``amount``."""
+        self.value += amount
+
+    def set(self, value: float) -> None:
+        """Set the value (gauges)."""
+        self.value = value
+
+
 class Telemetry:
     """Counters and latency histograms of one Bus.
 
-    Metric names (Prometheus): ``mmsb_<stage>_seconds`` histograms for ``commit validate log
-    apply propagate notify fsync checkpoint``; counters ``mmsb_commits_total``,
-    ``mmsb_commit_failures_total``, ``mmsb_bytes_logged_total``, ``mmsb_bytes_applied_total``,
-    ``mmsb_checkpoints_total``, ``mmsb_callback_errors_total``; gauges ``mmsb_seq``,
-    ``mmsb_torn_tail_bytes_cut``, ``mmsb_page_bytes{device=...}``.
+    Metric names (Prometheus): ``mmsb_<stage>_seconds`` histograms for :data:`STAGES`;
+    counters ``mmsb_commits_total``, ``mmsb_commit_failures_total``,
+    ``mmsb_bytes_logged_total``, ``mmsb_bytes_applied_total``, ``mmsb_checkpoints_total``,
+    ``mmsb_callback_errors_total``; gauges ``mmsb_seq``, ``mmsb_torn_tail_bytes_cut``,
+    ``mmsb_page_bytes{device=...}``.
     """
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.latency = {
-            k: Histogram(f"mmsb_{k}_seconds", f"{k} latency of the bus", registry=r,
-                         buckets=LATENCY_BUCKETS)
-            for k in _LATENCIES
-        }
-        self.commits = Counter("mmsb_commits", "committed transactions", registry=r)
-        self.failures = Counter("mmsb_commit_failures", "rejected or failed commits",
-                                registry=r)
-        self.bytes_logged = Counter("mmsb_bytes_logged", "bytes appended to the log", registry=r)
-        self.bytes_applied = Counter("mmsb_bytes_applied", "delta bytes applied to pages",
-                                     registry=r)
-        self.checkpoints = Counter("mmsb_checkpoints", "checkpoints saved", registry=r)
-        self.callback_errors = Counter("mmsb_callback_errors",
-                                       "subscriber callbacks that raised", registry=r)
-        self.seq = Gauge("mmsb_seq", "last committed seq", registry=r)
-        self.torn = Gauge("mmsb_torn_tail_bytes_cut", "torn-tail bytes cut when the log opened",
-                          registry=r)
-        self.page_bytes = Gauge("mmsb_page_bytes", "page bytes per device", ["device"],
-                                registry=r)
+        self.failures = Count()
+        self.checkpoints = Count()
+        self.callback_errors = Count()
+        self.seq = Count()
+        self.torn = Count()
+        self._page_bytes: dict[str, int] = {}
+        # Folded state: per stage, non-cumulative bucket counts (last = +Inf) and sums.
+        self._buckets = np.zeros((len(STAGES), len(LATENCY_BUCKETS) + 1), np.int64)
+        self._sums = np.zeros(len(STAGES))
+        self._commits = 0
+        self._bytes_logged = 0
+        self._bytes_applied = 0
+        # Pending: (t0, t1, t2, t3, t4, commits, bytes logged, bytes applied) per call, and
+        # (stage index, seconds) samples of the other stages.
+        self._pending: list[tuple[float, ...]] = []
+        self._samples: list[tuple[int, float]] = []
+        self._fold_lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Exporter(self))
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
+    # -- recording (hot path) ---------------------------------------------------------------
+    def record_commit(self, t0: float, t1: float, t2: float, t3: float, t4: float,
+                      commits: int, bytes_logged: int, bytes_applied: int) -> None:
+        """Record one ``commit``/``commit_many`` call from its stage timestamps.
+
+        ``t0..t4``: ``perf_counter`` at entry, after validation, after the log write, after
+        dispatch and after waiting; the call ends at ``t4``. Costs one list append.
+        """
+        self._pending.append((t0, t1, t2, t3, t4, commits, bytes_logged, bytes_applied))
+        if len(self._pending) >= _FOLD_EVERY:
+            self._fold()
+
     def observe(self, stage: str, seconds: float) -> None:
         """Record one latency sample of ``stage``."""
-        self.latency[stage].observe(seconds)
+        self._samples.append((_INDEX[stage], seconds))
+        if len(self._samples) >= _FOLD_EVERY:
+            self._fold()
 
+    # -- folding ------------------------------------------------------------------------------
+    def _fold(self) -> None:
+        """Move pending samples into the cumulative counts (safe against concurrent appends:
+        only the prefix read here is removed)."""
+        with self._fold_lock:
+            n = len(self._pending)
+            if n:
+                rows = np.asarray(self._pending[:n], np.float64)
+                del self._pending[:n]
+                stamps = rows[:, :5]
+                stages = np.diff(stamps, axis=1)  # validate, log, dispatch, wait
+                self._add(np.repeat(_COMMIT_STAGES[None, :], n, 0).ravel(), stages.ravel())
+                self._add(np.full(n, _INDEX["commit"]), stamps[:, 4] - stamps[:, 0])
+                self._commits += int(rows[:, 5].sum())
+                self._bytes_logged += int(rows[:, 6].sum())
+                self._bytes_applied += int(rows[:, 7].sum())
+            m = len(self._samples)
+            if m:
+                samples = np.asarray(self._samples[:m], np.float64)
+                del self._samples[:m]
+                self._add(samples[:, 0].astype(np.int64), samples[:, 1])
+
+    def _add(self, stage: np.ndarray, seconds: np.ndarray) -> None:
+        bucket = np.searchsorted(_BOUNDS, seconds, side="left")  # le semantics
+        np.add.at(self._buckets, (stage, bucket), 1)
+        np.add.at(self._sums, stage, seconds)
+
+    # -- reading ------------------------------------------------------------------------------
     def set_page_memory(self, pages: Mapping[str, jax.Array]) -> dict[str, int]:
         """Update the per-device page-bytes gauge; returns the mapping."""
         mem = page_memory(pages)
-        for dev, nbytes in mem.items():
-            self.page_bytes.labels(device=dev).set(nbytes)
+        self._page_bytes.update(mem)
         return mem
-
-    def _value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
-        v = self.registry.get_sample_value(name, dict(labels or {}))
-        return 0.0 if v is None else float(v)
 
     def histogram(self, stage: str) -> dict[str, Any]:
         """``{"count", "sum_s", "mean_s", "buckets": {le: cumulative count}}`` of a stage."""
-        name = f"mmsb_{stage}_seconds"
-        count = int(self._value(name + "_count"))
-        total = self._value(name + "_sum")
-        buckets = {}
-        for le in (*LATENCY_BUCKETS, float("inf")):
-            key = "+Inf" if le == float("inf") else repr(float(le))
-            buckets[key] = int(self._value(name + "_bucket", {"le": _le_label(le)}))
+        self._fold()
+        i = _INDEX[stage]
+        cumulative = np.cumsum(self._buckets[i])
+        count = int(cumulative[-1])
+        total = float(self._sums[i])
+        buckets = {repr(float(le)): int(c) for le, c in zip(LATENCY_BUCKETS, cumulative,
+                                                             strict=False)}
+        buckets["+Inf"] = count
         return {"count": count, "sum_s": total, "mean_s": total / count if count else 0.0,
                 "buckets": buckets}
 
-    def snapshot(self) -> dict[str, Any]:
-        """All metrics as plain Python numbers."""
-        devices = {}
-        for metric in self.registry.collect():
-            if metric.name == "mmsb_page_bytes":
-                for s in metric.samples:
-                    devices[s.labels["device"]] = int(s.value)
+    def counters(self) -> dict[str, int]:
+        """The counters and gauges as plain ints."""
+        self._fold()
         return {
-            "commits": int(self._value("mmsb_commits_total")),
-            "commit_failures": int(self._value("mmsb_commit_failures_total")),
-            "bytes_logged": int(self._value("mmsb_bytes_logged_total")),
-            "bytes_applied": int(self._value("mmsb_bytes_applied_total")),
-            "checkpoints": int(self._value("mmsb_checkpoints_total")),
-            "callback_errors": int(self._value("mmsb_callback_errors_total")),
-            "seq": int(self._value("mmsb_seq")),
-            "torn_tail_bytes_cut": int(self._value("mmsb_torn_tail_bytes_cut")),
-            "page_bytes": sum(devices.values()),
-            "page_bytes_by_device": devices,
-            "latency": {k: self.histogram(k) for k in _LATENCIES},
+            "commits": self._commits,
+            "commit_failures": self.failures.value,
+            "bytes_logged": self._bytes_logged,
+            "bytes_applied": self._bytes_applied,
+            "checkpoints": self.checkpoints.value,
+            "callback_errors": self.callback_errors.value,
+            "seq": int(self.seq.value),
+            "torn_tail_bytes_cut": int(self.torn.value),
         }
 
+    def snapshot(self) -> dict[str, Any]:
+        """All metrics as plain Python numbers."""
+        out: dict[str, Any] = self.counters()
+        devices = dict(self._page_bytes)
+        out.update(page_bytes=sum(devices.values()), page_bytes_by_device=devices,
+                   latency={k: self.histogram(k) for k in STAGES})
+        return out
+
+    # -- export -------------------------------------------------------------------------------
     def serve(self, port: int = 0, addr: str = "127.0.0.1") -> int:
         """Serve the registry at ``http://addr:port/metrics``; returns the bound port.
 
@@ -148,7 +227,36 @@ class Telemetry:
             self._server = self._thread = None
 
 
-def _le_label(le: float) -> str:
-    from prometheus_client.utils import floatToGoString
+class _Exporter(Collector):
+    """Builds the Prometheus families from a Telemetry when the registry is scraped."""
 
-    return floatToGoString(le)
+    def __init__(self, telemetry: Telemetry):
+        self.t = telemetry
+
+    def collect(self) -> Iterator[Any]:
+        c = self.t.counters()
+        for name, key, doc in (("mmsb_commits", "commits", "committed transactions"),
+                               ("mmsb_commit_failures", "commit_failures",
+                                "rejected or failed commits"),
+                               ("mmsb_bytes_logged", "bytes_logged",
+                                "bytes appended to the log"),
+                               ("mmsb_bytes_applied", "bytes_applied",
+                                "delta bytes applied to pages"),
+                               ("mmsb_checkpoints", "checkpoints", "checkpoints saved"),
+                               ("mmsb_callback_errors", "callback_errors",
+                                "subscriber callbacks that raised")):
+            yield CounterMetricFamily(name, doc, value=c[key])
+        yield GaugeMetricFamily("mmsb_seq", "last committed seq", value=c["seq"])
+        yield GaugeMetricFamily("mmsb_torn_tail_bytes_cut",
+                                "torn-tail bytes cut when the log opened",
+                                value=c["torn_tail_bytes_cut"])
+        pages = GaugeMetricFamily("mmsb_page_bytes", "page bytes per device", labels=["device"])
+        for dev, nbytes in self.t._page_bytes.items():
+            pages.add_metric([dev], nbytes)
+        yield pages
+        for stage in STAGES:
+            h = self.t.histogram(stage)
+            buckets = [(floatToGoString(le), h["buckets"][repr(float(le))])
+                       for le in LATENCY_BUCKETS] + [("+Inf", h["count"])]
+            yield HistogramMetricFamily(f"mmsb_{stage}_seconds", f"{stage} latency of the bus",
+                                        buckets=buckets, sum_value=h["sum_s"])

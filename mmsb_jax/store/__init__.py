@@ -1,8 +1,10 @@
 """Store: host-side durability — the transaction log, checkpoints, replay and seed formats."""
 
+from mmsb_jax.core.transaction import apply_transaction
 from mmsb_jax.store.checkpoint import CheckpointStore
 from mmsb_jax.store.format import Transaction
-from mmsb_jax.store.replay import apply_transaction, replay, replay_with_seq
+from mmsb_jax.store.recovery import state_at
+from mmsb_jax.store.replay import replay, replay_with_seq
 from mmsb_jax.store.tlog import (
     SYNC_POLICIES,
     LogScan,
@@ -28,4 +30,5 @@ __all__ = [
     "replay",
     "replay_with_seq",
     "scan_log",
+    "state_at",
 ]

@@ -155,8 +155,8 @@ def _add_log(sub: argparse._SubParsersAction) -> None:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mmsb_jax.runtime.bus import state_at
     from mmsb_jax.store.format import crc32c
+    from mmsb_jax.store.recovery import state_at
 
     progress = None if args.progress == "auto" else args.progress == "on"
     state, seq = state_at(args.dir, args.to, use_checkpoints=not args.no_checkpoint,

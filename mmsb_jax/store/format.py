@@ -12,13 +12,14 @@ import json
 import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import google_crc32c
 import jax.numpy as jnp
 import numpy as np
 
-from mmsb_jax.core.delta import KINDS, OPS, Delta
+from mmsb_jax.core.delta import Delta
 from mmsb_jax.core.pages import Schema
 from mmsb_jax.errors import FormatError, SchemaError
 
@@ -27,6 +28,7 @@ __all__ = [
     "DELTA",
     "DERIVED",
     "HEADER_SIZE",
+    "KIND_CODES",
     "MAGIC",
     "MAX_DIM",
     "MAX_DTYPE_NAME",
@@ -34,12 +36,14 @@ __all__ = [
     "MAX_NDIM",
     "MAX_RECORD_BODY",
     "MAX_SCHEMA_JSON",
+    "OP_CODES",
     "SCHEMA",
     "VERSION",
     "Record",
     "SegmentHeader",
     "SegmentScan",
     "Transaction",
+    "TxnLayout",
     "TxnInfo",
     "UnsupportedFormatError",
     "commit_body",
@@ -193,8 +197,15 @@ def _dtype_bytes(dtype: np.dtype) -> bytes:
     return raw
 
 
-_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
-_OP_CODE = {o: i for i, o in enumerate(OPS)}
+#: On-disk codes of delta kinds and ops (docs/format.md, section 3). Fixed by the format:
+#: never derived from the order of ``KINDS``/``OPS``, never renumbered.
+KIND_CODES: Mapping[str, int] = MappingProxyType({"rows": 0, "masked": 1, "full": 2})
+OP_CODES: Mapping[str, int] = MappingProxyType(
+    {"set": 0, "add": 1, "mul": 2, "min": 3, "max": 4, "or": 5, "and": 6})
+_KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
+_OP_NAMES = {v: k for k, v in OP_CODES.items()}
+_KIND_CODE = KIND_CODES
+_OP_CODE = OP_CODES
 _DELTA_HEAD: dict[tuple[int, int, int], struct.Struct] = {}
 
 
@@ -303,6 +314,168 @@ def encode_transaction(salt: int, seq: int, deltas: Sequence[Delta], derived: Se
     return frame_all(salt, transaction_bodies(seq, deltas, derived, timestamp_ns))
 
 
+class TxnLayout:
+    """The byte layout shared by every transaction of one structure: a writer's cache.
+
+    Transactions with equal structure (pages, kinds, ops, counts, leaf shapes and dtypes, and
+    DERIVED names) differ only in their seq, leaf bytes, CRCs and timestamp, so the record
+    headers are built once. :meth:`encode` gives the same bytes as
+    :func:`encode_transaction`; :meth:`encode_run` encodes ``L`` stacked transactions at once
+    (numpy for the bytes, one CRC call per record), which is how ``Bus.commit_many`` logs a
+    batch with one write.
+
+    Args:
+      deltas: one transaction of the structure (checked against the format's caps here:
+        :class:`FormatError` if it cannot be encoded).
+      derived: the DERIVED names the structure's transactions log.
+    """
+
+    def __init__(self, deltas: Sequence[Delta], derived: Sequence[str] = ()):
+        self.heads: list[bytes] = []  # each DELTA body's header after ``type · seq``
+        self.kinds: list[int] = []
+        self.sizes: list[int] = []  # body sizes, one per record (COMMIT last)
+        for d in deltas:
+            body = delta_body(0, d)
+            values = np.asarray(d.values)
+            head = _delta_head(len(d.page.encode()), len(_dtype_bytes(values.dtype)),
+                               values.ndim).size
+            self.heads.append(body[_BODY_PREFIX.size:head])
+            self.kinds.append(_KIND_CODE[d.kind])
+            self.sizes.append(len(body))
+        self.derived_tail = (derived_body(0, derived)[_BODY_PREFIX.size:] if derived else None)
+        if self.derived_tail is not None:
+            self.sizes.append(_BODY_PREFIX.size + len(self.derived_tail))
+        self.sizes.append(_COMMIT.size)
+        for n in self.sizes:
+            if not MIN_RECORD_BODY <= n <= MAX_RECORD_BODY:
+                raise FormatError(f"record body of {n} bytes outside the caps")
+        self.nbytes = sum(self.sizes) + REC_HEADER_SIZE * len(self.sizes)
+        self._frame_crcs: dict[int, list[int]] = {}
+
+    def _prefix_crcs(self, salt: int) -> list[int]:
+        """CRCs of ``salt · length`` per record (the start of each framing CRC)."""
+        crcs = self._frame_crcs.get(salt)
+        if crcs is None:
+            crcs = self._frame_crcs[salt] = [_crc_extend(0, _REC.pack(salt, n))
+                                             for n in self.sizes]
+        return crcs
+
+    def encode(self, salt: int, seq: int, deltas: Sequence[Delta], timestamp_ns: int) -> bytes:
+        """The framed bytes of one transaction (as :func:`encode_transaction`)."""
+        prefix = _BODY_PREFIX.pack(DELTA, seq)
+        crcs = self._prefix_crcs(salt)
+        parts: list[bytes] = []
+        txn_crc = 0
+        for i, d in enumerate(deltas):
+            kind = self.kinds[i]
+            if kind == 0:
+                leaf = _le_bytes(np.asarray(d.indices))
+            elif kind == 1:
+                leaf = np.packbits(np.asarray(d.mask).reshape(-1), bitorder="little").tobytes()
+            else:
+                leaf = b""
+            body = b"".join((prefix, self.heads[i], leaf, _le_bytes(np.asarray(d.values))))
+            txn_crc = _crc_extend(txn_crc, body)
+            parts.append(_REC.pack(len(body), _crc_extend(crcs[i], body)))
+            parts.append(body)
+        if self.derived_tail is not None:
+            body = _BODY_PREFIX.pack(DERIVED, seq) + self.derived_tail
+            txn_crc = _crc_extend(txn_crc, body)
+            parts.append(_REC.pack(len(body), _crc_extend(crcs[-2], body)))
+            parts.append(body)
+        body = _COMMIT.pack(COMMIT, seq, len(self.sizes) - 1, txn_crc, timestamp_ns)
+        parts.append(_REC.pack(len(body), _crc_extend(crcs[-1], body)))
+        parts.append(body)
+        return b"".join(parts)
+
+    def encode_run(self, salt: int, first_seq: int, stacked: Sequence[Delta],
+                   timestamp_ns: int) -> bytes:
+        """The framed bytes of ``L`` transactions with seqs ``first_seq, first_seq + 1, ...``.
+
+        Args:
+          salt: the segment's salt.
+          first_seq: the first transaction's seq.
+          stacked: the transactions' deltas stacked position by position (leaves
+            ``[L, ...]``, as ``mmsb_jax.core.transaction.stack_transactions`` builds them).
+          timestamp_ns: the commit time written into every COMMIT record.
+
+        Returns:
+          ``L * self.nbytes`` bytes: the transactions back to back, each exactly as
+          :meth:`encode` writes it.
+        """
+        n_txn = int(np.shape(stacked[0].values)[0])
+        out = np.empty((n_txn, self.nbytes), np.uint8)
+        seqs = np.arange(first_seq, first_seq + n_txn, dtype="<u8").view(np.uint8)
+        seqs = seqs.reshape(n_txn, 8)
+        body_at: list[int] = []  # where each record's body starts within a transaction
+        pos = 0
+
+        def put(width: int, data: Any) -> None:
+            nonlocal pos
+            out[:, pos:pos + width] = data
+            pos += width
+
+        for i, d in enumerate(stacked):
+            pos += REC_HEADER_SIZE
+            body_at.append(pos)
+            put(1, DELTA)
+            put(8, seqs)
+            put(len(self.heads[i]), np.frombuffer(self.heads[i], np.uint8))
+            if self.kinds[i] == 0:
+                idx = np.ascontiguousarray(np.asarray(d.indices), dtype="<i4")
+                put(idx.shape[1] * 4, idx.view(np.uint8).reshape(n_txn, -1))
+            elif self.kinds[i] == 1:
+                mask = np.asarray(d.mask).reshape(n_txn, -1)
+                bits = np.packbits(mask, axis=1, bitorder="little")
+                put(bits.shape[1], bits)
+            values = np.asarray(d.values)
+            if values.dtype.byteorder == ">" or (values.dtype.byteorder == "=" and
+                                                 _BIG_ENDIAN_HOST and values.dtype.itemsize > 1):
+                values = values.byteswap()
+            raw = np.ascontiguousarray(values).reshape(n_txn, -1).view(np.uint8)
+            put(raw.shape[1], raw)
+        if self.derived_tail is not None:
+            pos += REC_HEADER_SIZE
+            body_at.append(pos)
+            put(1, DERIVED)
+            put(8, seqs)
+            put(len(self.derived_tail), np.frombuffer(self.derived_tail, np.uint8))
+        pos += REC_HEADER_SIZE
+        body_at.append(pos)
+        commit_at = pos
+        put(1, COMMIT)
+        put(8, seqs)
+        put(4, np.frombuffer(_U32.pack(len(self.sizes) - 1), np.uint8))
+        pos += 4  # txn_crc, filled below
+        put(8, np.frombuffer(struct.pack("<Q", timestamp_ns), np.uint8))
+        # Lengths, then CRCs: the transaction CRC covers the DELTA/DERIVED bodies, the framing
+        # CRC of each record covers ``salt · length · body``.
+        for at, n in zip(body_at, self.sizes, strict=True):
+            out[:, at - 8:at - 4] = np.frombuffer(_U32.pack(n), np.uint8)
+        flat = out.reshape(-1)  # numpy slices: the C extension takes ndarrays, not memoryviews
+        row = self.nbytes
+        prefix = self._prefix_crcs(salt)
+        txn_crcs = np.empty(n_txn, "<u4")
+        frame_crcs = np.empty((n_txn, len(self.sizes)), "<u4")
+        last = len(self.sizes) - 1
+        for t in range(n_txn):
+            base = t * row
+            c = 0
+            for r in range(last):
+                body = flat[base + body_at[r]:base + body_at[r] + self.sizes[r]]
+                c = _crc_extend(c, body)
+                frame_crcs[t, r] = _crc_extend(prefix[r], body)
+            txn_crcs[t] = c
+        out[:, commit_at + 13:commit_at + 17] = txn_crcs.view(np.uint8).reshape(n_txn, 4)
+        at = body_at[last]
+        for t in range(n_txn):
+            base = t * row + at
+            frame_crcs[t, last] = _crc_extend(prefix[last], flat[base:base + _COMMIT.size])
+        for r, at in enumerate(body_at):
+            out[:, at - 4:at] = frame_crcs[:, r:r + 1].view(np.uint8).reshape(n_txn, 4)
+        return out.tobytes()
+
+
 # -- parsing --------------------------------------------------------------------------------
 
 
@@ -386,11 +559,12 @@ def _array(r: _Reader, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np
 
 def _parse_delta(r: _Reader) -> Delta:
     kind_i, op_i, mask_enc, ndim, count = r.unpack(_DELTA_FIXED, "delta header")
-    if kind_i >= len(KINDS):
+    kind = _KIND_NAMES.get(kind_i)
+    if kind is None:
         raise FormatError(f"unknown delta kind {kind_i}")
-    if op_i >= len(OPS):
+    op = _OP_NAMES.get(op_i)
+    if op is None:
         raise FormatError(f"unknown delta op {op_i}")
-    kind = KINDS[kind_i]
     if ndim > MAX_NDIM:
         raise FormatError(f"ndim {ndim} over the cap {MAX_NDIM}")
     if count < 1:
@@ -421,7 +595,7 @@ def _parse_delta(r: _Reader) -> Delta:
         mask = np.unpackbits(packed, count=n, bitorder="little").astype(bool).reshape(shape)
     values = _array(r, dtype, tuple(shape), "values")
     return Delta(indices=indices, mask=mask, values=values, page=page, kind=kind,
-                 op=OPS[op_i], count=count)
+                 op=op, count=count)
 
 
 def parse_body(body: memoryview | bytes) -> Record:

@@ -357,6 +357,7 @@ class TLog:
         self._fd: int | None = None
         self._size = 0
         self._txn_start: int | None = None
+        self._txn_count = 1
         self._unsynced = 0
         self._first_unsynced = 0.0
         self._flusher: threading.Thread | None = None
@@ -508,7 +509,7 @@ class TLog:
                              " reopen it to recover")
 
     def append(self, seq: int, deltas: Sequence[Delta], derived: Sequence[str] = (), *,
-               timestamp_ns: int | None = None) -> int:
+               timestamp_ns: int | None = None, layout: fmt.TxnLayout | None = None) -> int:
         """Append one transaction and return the number of bytes written.
 
         The transaction is framed and written with one ``os.write`` (more only if the kernel
@@ -520,23 +521,45 @@ class TLog:
           deltas: the transaction's deltas (leaves are copied to the host).
           derived: names of derived pages recomputed by the transaction (DERIVED record).
           timestamp_ns: commit time (default: now).
+          layout: the cached :class:`~mmsb_jax.store.format.TxnLayout` of this transaction's
+            structure (built for ``deltas`` and ``derived``); skips rebuilding the headers.
 
         Raises:
           StoreError: wrong seq, closed/read-only log, or an I/O error. FormatError: a delta
           that the format cannot hold (nothing is written).
         """
         ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
-        bodies = fmt.transaction_bodies(int(seq), deltas, derived, ts)
+        seq = int(seq)
+        if layout is not None:
+            return self.append_encoded(
+                seq, 1, layout.nbytes, lambda salt: layout.encode(salt, seq, deltas, ts))
+        bodies = fmt.transaction_bodies(seq, deltas, derived, ts)
         need = fmt.REC_HEADER_SIZE * len(bodies) + sum(map(len, bodies))
+        return self.append_encoded(seq, 1, need, lambda salt: fmt.frame_all(salt, bodies))
+
+    def append_encoded(self, first_seq: int, count: int, nbytes: int,
+                       encode: Callable[[int], bytes]) -> int:
+        """Append ``count`` consecutive transactions with one write (and one fsync).
+
+        Args:
+          first_seq: seq of the first transaction; must be ``last_seq + 1``.
+          count: how many transactions ``encode`` writes (seqs ``first_seq ..``).
+          nbytes: the length of ``encode``'s output (decides a segment roll first).
+          encode: ``salt -> bytes``, the framed transactions for the segment's salt.
+
+        Returns:
+          The number of bytes written. All ``count`` transactions are in the log, or (on an
+          I/O error, :class:`StoreError`) none of them.
+        """
         with self._lock:
             self._check_writable()
-            if seq != self.last_seq + 1:
-                raise StoreError(f"append seq {seq}, expected {self.last_seq + 1}")
+            if first_seq != self.last_seq + 1:
+                raise StoreError(f"append seq {first_seq}, expected {self.last_seq + 1}")
             seg = self._segments[-1]
-            if seg.last_seq > seg.base_seq and self._size + need > self.segment_bytes:
+            if seg.last_seq > seg.base_seq and self._size + nbytes > self.segment_bytes:
                 self._roll()
                 seg = self._segments[-1]
-            data = fmt.frame_all(seg.salt, bodies)
+            data = encode(seg.salt)
             start = self._size
             try:
                 _write_all(self._fd, data)
@@ -545,12 +568,14 @@ class TLog:
             except OSError as e:
                 self._undo_to(start, e)
                 raise StoreError(f"log write failed, nothing was committed: {e}") from e
+            last = first_seq + count - 1
             self._size = start + len(data)
             self._txn_start = start
-            self._segments[-1] = _Segment(seg.number, seg.path, seg.base_seq, int(seq), self._size,
+            self._txn_count = count
+            self._segments[-1] = _Segment(seg.number, seg.path, seg.base_seq, last, self._size,
                                           seg.salt)
             if self.sync_policy == "batch":
-                self._unsynced += 1
+                self._unsynced += count
                 if self._unsynced >= self.batch_commits:
                     try:
                         self._sync_locked()
@@ -560,7 +585,7 @@ class TLog:
                         self._segments[-1] = seg
                         self._txn_start = None
                         raise
-                elif self._unsynced == 1:
+                elif self._unsynced == count:
                     # the first unsynced commit starts the flusher's timer; later ones need not
                     # wake it (a wake-up per commit costs a context switch and lock traffic)
                     self._first_unsynced = time.monotonic()
@@ -576,7 +601,8 @@ class TLog:
             self._broken = f"cannot truncate after {cause}: {e}"
 
     def undo_last(self) -> None:
-        """Remove the transaction written by the last :meth:`append` (before it is relied on).
+        """Remove what the last append wrote (before it is relied on): one transaction, or
+        every transaction of the last :meth:`append_encoded`.
 
         Used by the Bus when applying a logged transaction fails, to keep log and state equal.
         """
@@ -588,7 +614,7 @@ class TLog:
             self._undo_to(self._txn_start, StoreError("undo"))
             if self.sync_policy != "never":
                 self._timed_fsync(self._fd)
-            self._segments[-1] = dataclasses.replace(seg, last_seq=seg.last_seq - 1,
+            self._segments[-1] = dataclasses.replace(seg, last_seq=seg.last_seq - self._txn_count,
                                                      end=self._txn_start)
             self._txn_start = None
 

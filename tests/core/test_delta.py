@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -345,3 +346,44 @@ def test_eager_apply_reuses_its_compiled_merge():
 def test_indices_beyond_int32_are_refused_not_wrapped():
     with pytest.raises(errors.IndexOutOfRangeError, match="int32"):
         mm.Delta.rows("p", np.array([2**32 + 3], np.int64), np.ones((1, WIDTH), np.float32))
+
+
+# -- small merges: the direct scatter for host-known unique rows -----------------------------
+
+UNIQUE_DTYPES = ("float32", "int32", "uint8", "bool")
+
+
+@given(data=st.data(), op=st.sampled_from(mm.OPS), dtype=st.sampled_from(UNIQUE_DTYPES))
+def test_unique_rows_merge_is_bit_identical_to_the_sorting_merge(data, op, dtype):
+    """Sorted distinct host indices take the no-sort scatter; it must give the same bits."""
+    if (op in ("add", "mul") and dtype == "bool") or (op in ("or", "and") and dtype == "float32"):
+        return
+    k = mm.core.delta.UNIQUE_CHECK_MIN  # fixed capacity: one compile per op and dtype
+    n = 200
+    rows = np.sort(data.draw(hnp.arrays(np.int32, k, elements=st.integers(0, n - 1),
+                                        unique=True)))
+    pad = data.draw(st.integers(0, 8))
+    if pad:
+        rows[-pad:] = -1
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    state = mm.init_state(mm.Schema([mm.PageSpec("p", (n, 3), dtype)]))
+    page = (rng.standard_normal((n, 3)) * 4).astype(dtype)
+    vals = (rng.standard_normal((k, 3)) * 4).astype(dtype)
+    state = mm.apply(state, mm.Delta.full("p", page))
+    fast = mm.Delta.rows("p", rows, vals, op)
+    assert fast.unique
+    slow = dataclasses.replace(fast, unique=False)
+    a, b = mm.apply(state, fast), mm.apply(state, slow)
+    np.testing.assert_array_equal(np.asarray(a.pages["p"]).view(np.uint8),
+                                  np.asarray(b.pages["p"]).view(np.uint8))
+
+
+def test_unique_flag_only_for_sorted_distinct_host_indices():
+    k = mm.core.delta.UNIQUE_CHECK_MIN
+    vals = np.zeros((k,), np.float32)
+    assert mm.Delta.rows("x", np.arange(k), vals).unique
+    assert mm.Delta.rows("x", np.r_[np.arange(k - 2), [-1, -1]], vals).unique
+    assert not mm.Delta.rows("x", np.r_[np.arange(k - 1), [3]], vals).unique  # duplicate
+    assert not mm.Delta.rows("x", np.arange(k)[::-1].copy(), vals).unique  # unsorted
+    assert not mm.Delta.rows("x", np.arange(k - 1), vals[1:]).unique  # short: not checked
+    assert not mm.Delta.rows("x", jnp.arange(k), vals).unique  # device indices: not checked

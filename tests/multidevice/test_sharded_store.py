@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import mmsb_jax as mm
+from mmsb_jax.core.transaction import _scan, _txn
 from mmsb_jax.runtime.bus import state_at
 from mmsb_jax.store.checkpoint import CheckpointStore
-from mmsb_jax.store.replay import _scan, _txn_apply
 
 AUTO = (jax.sharding.AxisType.Auto,) * 2
 EXPLICIT = (jax.sharding.AxisType.Explicit,) * 2
@@ -152,9 +152,9 @@ def test_replaying_a_sharded_log_twice_does_not_recompile(mesh):
     schema = _schema()
     txns = _log(seed=5, n=8)
     mm.replay(mm.init_state(schema, mesh=mesh), txns)
-    sizes = (_txn_apply._cache_size(), _scan._cache_size())
+    sizes = (_txn._cache_size(), _scan._cache_size())
     mm.replay(mm.init_state(schema, mesh=mesh), _log(seed=6, n=8))  # same structures
-    assert (_txn_apply._cache_size(), _scan._cache_size()) == sizes
+    assert (_txn._cache_size(), _scan._cache_size()) == sizes
 
 
 # -- the Bus and checkpoints ------------------------------------------------------------------

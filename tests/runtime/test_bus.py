@@ -35,8 +35,8 @@ from mmsb_jax.store import tlog as tlog_mod
 from mmsb_jax.store.replay import apply_transaction, replay
 from mmsb_jax.store.tlog import segment_paths
 
-bus_mod = importlib.import_module("mmsb_jax.runtime.bus")
-replay_mod = importlib.import_module("mmsb_jax.store.replay")
+recovery_mod = importlib.import_module("mmsb_jax.store.recovery")
+txn_mod = importlib.import_module("mmsb_jax.core.transaction")
 
 SCHEMA = mm.Schema([
     mm.PageSpec("x", (8,), "int32"),
@@ -209,10 +209,10 @@ def test_failed_apply_removes_the_logged_transaction(bus, monkeypatch):
     seg = segment_paths(bus.directory / "log")[0]
     before = seg.read_bytes()
 
-    def boom(state, deltas, check=True, graph=None):
+    def boom(state, deltas):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(bus_mod, "apply_transaction", boom)
+    monkeypatch.setattr(bus._pipe, "apply", boom)
     with pytest.raises(RuntimeError, match="device lost"):
         bus.commit(txn(2))
     assert seg.read_bytes() == before and bus.seq == 1
@@ -234,12 +234,33 @@ def test_closed_bus_refuses_commits(tmp_path):
 
 def test_commit_path_compiles_once_per_structure(bus, monkeypatch):
     chex.clear_trace_counter()
-    monkeypatch.setattr(replay_mod, "_txn_apply",
-                        jax.jit(chex.assert_max_traces(replay_mod._txn_apply_impl, n=1)))
+    monkeypatch.setattr(txn_mod, "_txn", jax.jit(chex.assert_max_traces(txn_mod._txn_impl, n=1),
+                                                 static_argnums=(0, 4)))
     rng = np.random.default_rng(0)
     for _ in range(10):
         bus.commit([mm.Delta.rows("x", rng.integers(-1, 8, 4).astype(np.int32),
                                   rng.integers(0, 9, 4).astype(np.int32), op="max")])
+
+
+def test_repeated_commits_stay_on_the_cpp_dispatch_fast_path(bus, monkeypatch):
+    """After the first commit of a structure, no commit goes through JAX's Python dispatch.
+
+    ``pjit._run_python_pjit`` is the slow path (a cache miss, an effect such as a checkify
+    check, or a non-array output); the C++ fast path never calls it.
+    """
+    from jax._src import pjit
+
+    d = mm.Delta.rows("x", np.array([1, 5, -1], np.int32), np.array([3, 4, 5], np.int32), "add")
+    for _ in range(3):
+        bus.commit(d)
+    slow = []
+    real = pjit._run_python_pjit
+    monkeypatch.setattr(pjit, "_run_python_pjit", lambda *a, **k: slow.append(1) or real(*a, **k))
+    for _ in range(20):
+        bus.commit([mm.Delta.rows("x", np.array([1, 5, -1], np.int32),
+                                  np.array([3, 4, 5], np.int32), "add")])
+    assert slow == []
+    assert bus.read("x")[1] == 23 * 3
 
 
 # -- time travel -------------------------------------------------------------------------------
@@ -373,13 +394,13 @@ def test_recovery_uses_the_latest_checkpoint(tmp_path, monkeypatch):
             if s == 7:
                 bus.checkpoint()
     calls = []
-    real = bus_mod.replay_with_seq
+    real = recovery_mod.replay_with_seq
 
     def spy(state, log, *, after_seq=0, **kw):
         calls.append(after_seq)
         return real(state, log, after_seq=after_seq, **kw)
 
-    monkeypatch.setattr(bus_mod, "replay_with_seq", spy)
+    monkeypatch.setattr(recovery_mod, "replay_with_seq", spy)
     with Bus.open(tmp_path) as bus:
         assert calls == [7]
         assert_states_identical(bus.state, states[10])
@@ -497,7 +518,7 @@ def test_metrics(tmp_path):
     assert list(m["page_bytes_by_device"].values()) == [m["page_bytes"]]
     assert m["fsyncs"] >= 5
     lat = m["latency"]
-    for stage in ("commit", "validate", "log", "apply", "propagate"):
+    for stage in ("commit", "validate", "log", "dispatch", "wait"):
         assert lat[stage]["count"] == 5 and lat[stage]["sum_s"] > 0
     assert lat["fsync"]["count"] >= 5 and lat["commit"]["buckets"]["+Inf"] == 5
 

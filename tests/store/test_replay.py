@@ -40,7 +40,7 @@ OPS_BY_DTYPE = {
 }
 CAPACITY = 3  # fixed row capacity: deltas stack and shapes never change
 # the module (``mmsb_jax.store.replay`` the attribute is the function of that name)
-replay_mod = importlib.import_module("mmsb_jax.store.replay")
+txn_mod = importlib.import_module("mmsb_jax.core.transaction")
 
 
 def _values(rng: np.random.Generator, spec: mm.PageSpec, shape: tuple[int, ...]) -> np.ndarray:
@@ -157,13 +157,13 @@ def _same_structure_commits(n: int, seed: int = 0) -> list[list[mm.Delta]]:
 
 def test_runs_are_applied_by_few_scans(monkeypatch):
     calls: list[int] = []
-    real = replay_mod._scan
+    real = txn_mod._scan
 
-    def spy(pages, epochs, stacked):
+    def spy(graph, pages, epochs, stacked, shardings=()):
         calls.append(int(stacked[0].values.shape[0]))
-        return real(pages, epochs, stacked)
+        return real(graph, pages, epochs, stacked, shardings)
 
-    monkeypatch.setattr(replay_mod, "_scan", spy)
+    monkeypatch.setattr(txn_mod, "_scan", spy)
     commits = _same_structure_commits(100)
     txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits)]
     out = replay(mm.init_state(SCHEMA), txns)
@@ -174,10 +174,11 @@ def test_runs_are_applied_by_few_scans(monkeypatch):
 def test_recompilation_guard_on_the_replay_scan(monkeypatch):
     """A structure compiles at most once per power-of-two chunk length, whatever the log."""
     chex.clear_trace_counter()
-    guarded_scan = jax.jit(chex.assert_max_traces(replay_mod._scan_impl, n=3))
-    guarded_txn = jax.jit(chex.assert_max_traces(replay_mod._txn_apply_impl, n=1))
-    monkeypatch.setattr(replay_mod, "_scan", guarded_scan)
-    monkeypatch.setattr(replay_mod, "_txn_apply", guarded_txn)
+    guarded_scan = jax.jit(chex.assert_max_traces(txn_mod._scan_impl, n=3),
+                           static_argnums=(0, 4))
+    guarded_txn = jax.jit(chex.assert_max_traces(txn_mod._txn_impl, n=1), static_argnums=(0, 4))
+    monkeypatch.setattr(txn_mod, "_scan", guarded_scan)
+    monkeypatch.setattr(txn_mod, "_txn", guarded_txn)
     commits = _same_structure_commits(64 + 8 + 2 + 1, seed=1)
     states = live_run(commits)
     for upto in (75, 74, 64, 73, 65):  # chunk lengths 64, 8, 2 and single transactions
@@ -187,15 +188,15 @@ def test_recompilation_guard_on_the_replay_scan(monkeypatch):
 
 def test_chunk_bytes_caps_the_stack(monkeypatch):
     lengths: list[int] = []
-    real = replay_mod._scan
+    real = txn_mod._scan
 
-    def spy(pages, epochs, stacked):
+    def spy(graph, pages, epochs, stacked, shardings=()):
         lengths.append(int(stacked[0].values.shape[0]))
-        return real(pages, epochs, stacked)
+        return real(graph, pages, epochs, stacked, shardings)
 
-    monkeypatch.setattr(replay_mod, "_scan", spy)
+    monkeypatch.setattr(txn_mod, "_scan", spy)
     commits = _same_structure_commits(40)
-    per_txn = replay_mod._txn_nbytes(commits[0])
+    per_txn = txn_mod.txn_nbytes(commits[0])
     txns = [(i + 1, ds) for i, ds in enumerate(commits)]
     out = replay(mm.init_state(SCHEMA), txns, chunk_bytes=per_txn * 9)
     assert max(lengths) == 8 and sum(lengths) == 40

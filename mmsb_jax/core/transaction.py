@@ -1,0 +1,313 @@
+"""Transactions: the one function that a commit, a batch of commits and replay all apply.
+
+A *transaction* is a sequence of deltas applied in order (``apply_batch`` semantics), followed,
+when there is a graph, by propagation of the pages it touched. :func:`apply_transaction` runs
+one transaction as one jitted function; :func:`apply_transactions` stacks runs of transactions
+of equal structure (``[L, ...]`` leaves) and applies each run with one jitted ``lax.scan``
+whose body is that same function, so both give the same bits. The Bus commits with these
+functions (``Bus.commit``, ``Bus.commit_many``) and replay rebuilds a State with them, which is
+why ``restore(checkpoint) + replay(log)`` equals the live state bit for bit.
+
+Deltas are validated on the host before they get here (:func:`mmsb_jax.core.delta.
+validate_deltas`); the jitted functions have no effects (row-range ``checkify`` checks are
+traced only under ``mm.checked``), so repeated calls stay on JAX's C++ dispatch fast path.
+
+A run of length ``L`` is applied as a few scans whose lengths are the powers of two in ``L``'s
+binary expansion (at most ``max_chunk`` each), so one structure compiles at most
+``log2(max_chunk) + 1`` times however many transactions there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+from jax import lax
+
+from mmsb_jax.core.delta import PADDING, Delta, apply_batch, validate_deltas
+from mmsb_jax.core.pages import State
+from mmsb_jax.errors import IndexOutOfRangeError
+
+if TYPE_CHECKING:
+    from mmsb_jax.core.graph import Graph
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_MAX_CHUNK",
+    "TransactionRunner",
+    "apply_stacked",
+    "apply_transaction",
+    "apply_transactions",
+    "check_stacked_rows",
+    "stack_transactions",
+    "touched_pages",
+    "txn_nbytes",
+    "txn_structure",
+]
+
+DEFAULT_MAX_CHUNK = 1024
+DEFAULT_CHUNK_BYTES = 64 << 20
+
+
+def touched_pages(deltas: Iterable[Delta]) -> tuple[str, ...]:
+    """The pages ``deltas`` write, in first-touch order."""
+    return tuple(dict.fromkeys(d.page for d in deltas))
+
+
+# ``shardings`` (static) is the State's recorded page shardings: traced pages on an auto mesh
+# carry none, and the merge needs them to keep every page's sharding (and to merge row deltas
+# on row-sharded pages per shard). With a graph, ``pages`` holds every page (derived pages read
+# base pages the transaction did not touch); without one, only the touched pages.
+def _txn_impl(graph: Graph | None, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
+              deltas: list[Delta], shardings: tuple = ()):
+    out = apply_batch(State(pages=pages, epochs=epochs, shardings=shardings), deltas)
+    if graph is not None:
+        from mmsb_jax.core.propagate import propagate
+
+        out = propagate(graph, out, touched_pages(deltas))
+    return dict(out.pages), dict(out.epochs)
+
+
+_txn = jax.jit(_txn_impl, static_argnums=(0, 4))
+# The same function with the pages and epochs it reads donated: in-place page updates.
+_txn_donated = jax.jit(_txn_impl, static_argnums=(0, 4), donate_argnums=(1, 2))
+
+
+def _scan_impl(graph: Graph | None, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
+               stacked: list[Delta], shardings: tuple = ()):
+    def body(carry, deltas):
+        pages, epochs = _txn_impl(graph, carry[0], carry[1], deltas, shardings)
+        return (pages, epochs), epochs
+
+    (pages, epochs), per_step = lax.scan(body, (pages, epochs), stacked)
+    return pages, epochs, per_step
+
+
+_scan = jax.jit(_scan_impl, static_argnums=(0, 4))
+_scan_donated = jax.jit(_scan_impl, static_argnums=(0, 4), donate_argnums=(1, 2))
+
+
+def _operands(state: State, deltas: Sequence[Delta], graph: Graph | None):
+    """``(pages, epochs, shardings)``: what the jitted transaction reads of ``state``."""
+    if graph is not None:
+        return dict(state.pages), dict(state.epochs), state.shardings
+    names = touched_pages(deltas)
+    all_pages, all_epochs = state.pages._data, state.epochs._data
+    pages = {n: all_pages[n] for n in names}
+    epochs = {n: all_epochs[n] for n in names}
+    if not state.shardings:
+        return pages, epochs, ()
+    wanted = set(names)
+    return pages, epochs, tuple((n, sh) for n, sh in state.shardings if n in wanted)
+
+
+def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = True,
+                      graph: Graph | None = None, donate: bool = False) -> State:
+    """Apply one transaction exactly as the Bus commits it (and as replay does).
+
+    Equivalent to ``mm.apply_batch(state, deltas)`` (same merge, same order), run as one jitted
+    function over the pages it reads, so the result is bit-identical to the scan body of
+    :func:`apply_transactions`.
+
+    Args:
+      state: the current State.
+      deltas: the transaction's deltas, in order.
+      check: validate the deltas against the state first (typed errors, nothing changes).
+        Pass ``False`` only for deltas already validated against a state of this schema.
+      graph: an ``mm.Graph``: derived pages are then recomputed with ``mm.propagate`` from the
+        pages the transaction touched, inside the same jitted function.
+      donate: donate the buffers of the pages the transaction reads (all pages with a
+        graph) and their epochs, so XLA updates them in place. ``state``'s arrays of those
+        pages are deleted: use this only when nothing else will read ``state``.
+
+    Returns:
+      The new State; pages not read are shared with ``state``.
+    """
+    deltas = list(deltas)
+    if not deltas:
+        return state
+    if check:
+        validate_deltas(state, deltas)
+    pages, epochs, shardings = _operands(state, deltas, graph)
+    pages, epochs = (_txn_donated if donate else _txn)(graph, pages, epochs, deltas, shardings)
+    return state.with_pages(pages, epochs)
+
+
+def apply_stacked(state: State, stacked: Sequence[Delta], *, graph: Graph | None = None,
+                  donate: bool = False) -> tuple[State, dict[str, jax.Array]]:
+    """Apply ``L`` transactions of equal structure with one jitted ``lax.scan``.
+
+    Args:
+      state: the current State.
+      stacked: the transactions' deltas stacked position by position
+        (:func:`stack_transactions`): the ``j``-th delta has leaves ``[L, ...]``.
+      graph, donate: as for :func:`apply_transaction`.
+
+    Returns:
+      ``(state', epochs)``: the State after all ``L`` transactions and, for every page the
+      scan carries, its epoch after each transaction, ``{name: int32[L]}``.
+    """
+    stacked = list(stacked)
+    pages, epochs, shardings = _operands(state, stacked, graph)
+    scan = _scan_donated if donate else _scan
+    pages, epochs, per_step = scan(graph, pages, epochs, stacked, shardings)
+    return state.with_pages(pages, epochs), per_step
+
+
+def _leaf_key(x: Any) -> Any:
+    return None if x is None else (x.shape, x.dtype.str)
+
+
+def txn_structure(deltas: Sequence[Delta]) -> tuple:
+    """A hashable key: transactions with equal keys stack into one scan."""
+    return tuple((d.page, d.kind, d.op, d.count, d.unique, _leaf_key(d.indices),
+                  _leaf_key(d.mask), _leaf_key(d.values)) for d in deltas)
+
+
+def txn_nbytes(deltas: Sequence[Delta]) -> int:
+    """Bytes of the deltas' leaves (indices, masks and values)."""
+    total = 0
+    for d in deltas:
+        for x in (d.indices, d.mask, d.values):
+            if x is not None:
+                total += int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize
+    return total
+
+
+def stack_transactions(txns: Sequence[Sequence[Delta]]) -> list[Delta]:
+    """Stack the ``j``-th delta of every transaction: leaves ``[L, ...]`` (equal structure).
+
+    Args:
+      txns: ``L`` transactions with equal :func:`txn_structure`.
+
+    Returns:
+      One Delta per position, with host (numpy) leaves of shape ``[L, *leaf.shape]``.
+    """
+    out = []
+    for j, d in enumerate(txns[0]):
+        leaves = {}
+        for field in ("indices", "mask", "values"):
+            leaves[field] = (None if getattr(d, field) is None else
+                             np.stack([np.asarray(getattr(t[j], field)) for t in txns]))
+        out.append(Delta(**leaves, page=d.page, kind=d.kind, op=d.op, count=d.count,
+                         unique=d.unique))
+    return out
+
+
+def check_stacked_rows(state: State, stacked: Sequence[Delta]) -> None:
+    """Row-range check of stacked ``rows`` deltas (structure already validated).
+
+    Raises:
+      IndexOutOfRangeError: some index lies outside ``[-1, rows)``.
+    """
+    for d in stacked:
+        if d.kind == "rows" and d.indices.size:
+            n = state.pages[d.page].shape[0]
+            lo, hi = int(d.indices.min()), int(d.indices.max())
+            if lo < PADDING or hi >= n:
+                raise IndexOutOfRangeError(
+                    f"rows delta on {d.page!r}: indices outside [-1, {n}) (-1 is padding)")
+
+
+class TransactionRunner:
+    """Applies transactions in order, stacking runs of equal structure into scans.
+
+    Add transactions with :meth:`add`, then :meth:`flush`. With ``donate`` the starting State's
+    pages are donated to the first chunk and each chunk's to the next (in-place updates: only
+    for a State nothing else reads). With ``record_epochs`` the epochs
+    after every transaction are kept (``epochs``: one ``{name: int32[L]}`` mapping per applied
+    chunk, in order), which is how ``Bus.commit_many`` learns which derived pages each
+    transaction changed.
+    """
+
+    def __init__(self, state: State, *, graph: Graph | None = None, check: bool = True,
+                 max_chunk: int = DEFAULT_MAX_CHUNK, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 record_epochs: bool = False, donate: bool = False):
+        self.state = state
+        self.donate = donate
+        self.graph = graph
+        self.check = check
+        self.max_chunk = max(1, int(max_chunk))
+        self.chunk_bytes = int(chunk_bytes)
+        self.record_epochs = record_epochs
+        self.epochs: list[tuple[int, Mapping[str, Any]]] = []
+        self.key: tuple | None = None
+        self.limit = 1
+        self.buffer: list[Sequence[Delta]] = []
+
+    def add(self, deltas: Sequence[Delta]) -> None:
+        """Queue one transaction (applied no later than the next :meth:`flush`)."""
+        if not deltas:
+            if self.record_epochs:  # an empty transaction changes nothing
+                self.flush()
+                self.epochs.append((1, {}))
+            return
+        key = txn_structure(deltas)
+        if key != self.key:
+            self.flush()
+            self.key = key
+            per = max(1, txn_nbytes(deltas))
+            cap = max(1, min(self.max_chunk, self.chunk_bytes // per))
+            self.limit = 1 << (cap.bit_length() - 1)
+        self.buffer.append(deltas)
+        if len(self.buffer) >= self.limit:
+            self.flush()
+
+    def flush(self) -> State:
+        """Apply everything queued; returns the State reached."""
+        buf, self.buffer = self.buffer, []
+        start = 0
+        while start < len(buf):
+            size = 1 << ((len(buf) - start).bit_length() - 1)
+            self._apply_chunk(buf[start:start + size])
+            start += size
+        return self.state
+
+    def _apply_chunk(self, txns: Sequence[Sequence[Delta]]) -> None:
+        state = self.state
+        if len(txns) == 1:
+            if self.check:
+                validate_deltas(state, txns[0])
+            self.state = apply_transaction(state, txns[0], check=False, graph=self.graph,
+                                           donate=self.donate)
+            if self.record_epochs:
+                self.epochs.append((1, self.state.epochs))
+            return
+        stacked = stack_transactions(txns)
+        if self.check:
+            validate_deltas(state, txns[0])
+            check_stacked_rows(state, stacked)
+        self.state, per_step = apply_stacked(state, stacked, graph=self.graph,
+                                             donate=self.donate)
+        if self.record_epochs:
+            self.epochs.append((len(txns), per_step))
+
+
+def apply_transactions(state: State, txns: Iterable[Sequence[Delta]], *,
+                       graph: Graph | None = None, check: bool = True,
+                       max_chunk: int = DEFAULT_MAX_CHUNK,
+                       chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> State:
+    """Apply transactions in order; runs of equal structure go through one scan each.
+
+    Equals ``functools.reduce(lambda s, t: apply_transaction(s, t, graph=graph), txns,
+    state)`` bit for bit, with one dispatch per power-of-two chunk of a run instead of one per
+    transaction.
+
+    Args:
+      state: the starting State.
+      txns: transactions (sequences of Deltas), in order.
+      graph: as for :func:`apply_transaction`.
+      check: validate each run against the state first (typed errors).
+      max_chunk: the longest scan (a power of two is used).
+      chunk_bytes: cap on the stacked delta bytes of one scan.
+
+    Returns:
+      The State after the last transaction.
+    """
+    runner = TransactionRunner(state, graph=graph, check=check, max_chunk=max_chunk,
+                               chunk_bytes=chunk_bytes)
+    for t in txns:
+        runner.add(list(t))
+    return runner.flush()

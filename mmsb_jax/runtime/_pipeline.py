@@ -1,0 +1,149 @@
+"""The commit pipeline shared by the Bus and the distributed Follower.
+
+*validate -> affected derived pages -> apply (one jitted transaction) -> changed derived*.
+
+Everything a commit works out from the *structure* of its deltas (which pages, kinds, ops,
+shapes and dtypes) is computed once per structure and cached in a :class:`CommitPlan`: the
+structural validation, the derived pages the transaction recomputes, the log layout and the
+byte counts. A repeated same-shaped commit then costs a dictionary lookup, the row-range
+check of its indices and one jitted dispatch on JAX's C++ fast path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import jax
+
+from mmsb_jax.core.delta import Delta, _rows_in_range, validate_deltas
+from mmsb_jax.core.pages import Schema, State
+from mmsb_jax.core.transaction import apply_transaction, touched_pages, txn_structure
+from mmsb_jax.errors import GraphError, SchemaMismatchError
+from mmsb_jax.store.format import TxnLayout
+
+if TYPE_CHECKING:
+    from mmsb_jax.core.graph import Graph
+
+__all__ = ["CommitPlan", "Pipeline", "resolve_schema"]
+
+_MAX_PLANS = 1024
+
+
+def resolve_schema(schema: Schema | None, graph: Graph | None) -> Schema | None:
+    """The bus schema for ``Bus.open(schema, graph)``: the graph's schema when there is one.
+
+    Raises:
+      SchemaMismatchError: ``schema`` is neither the graph's schema nor its base schema.
+    """
+    if graph is None:
+        return schema
+    full = graph.schema
+    if schema is not None and schema != full and full.specs[:len(schema.specs)] != schema.specs:
+        raise SchemaMismatchError(
+            f"schema {schema} is neither the graph's schema nor its base schema")
+    return full
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitPlan:
+    """What every transaction of one structure shares.
+
+    Attributes:
+      pages: base pages the deltas write, in first-touch order.
+      affected: derived pages the transaction recomputes (descendants of ``pages``).
+      row_checks: ``(position, rows)`` of each ``rows`` delta: its indices are range-checked
+        on every commit.
+      nbytes_applied: bytes of the deltas' values.
+      layout: the log layout (None for a pipeline that does not log).
+    """
+
+    pages: tuple[str, ...]
+    affected: tuple[str, ...]
+    row_checks: tuple[tuple[int, int], ...]
+    nbytes_applied: int
+    layout: TxnLayout | None
+
+
+class Pipeline:
+    """Validates, plans and applies transactions for one schema and graph.
+
+    Args:
+      graph: the bus's ``mm.Graph`` or None.
+      log_layouts: build a :class:`~mmsb_jax.store.format.TxnLayout` per plan (writers).
+      donate: apply in place (the previous State's touched pages are deleted).
+    """
+
+    def __init__(self, graph: Graph | None, *, log_layouts: bool, donate: bool = False):
+        self.graph = graph
+        self.donate = donate
+        self.log_layouts = log_layouts
+        self._plans: dict[tuple, CommitPlan] = {}
+
+    def prepare(self, state: State, deltas: Sequence[Delta]) -> CommitPlan:
+        """Validate ``deltas`` against ``state`` and return their plan (nothing changes).
+
+        Raises:
+          TypeError: an element is not a Delta. UnknownPageError, DTypeError, ShapeError,
+          MaskError, IndexOutOfRangeError, OpError: an invalid delta. GraphError: a delta
+          writes a derived page. FormatError: a delta the log cannot hold.
+        """
+        try:
+            key = txn_structure(deltas)
+        except AttributeError:
+            validate_deltas(state, deltas)  # raises the TypeError naming the bad element
+            raise
+        plan = self._plans.get(key)
+        if plan is None:
+            return self._new_plan(state, deltas, key)
+        for pos, rows in plan.row_checks:
+            if not _rows_in_range(deltas[pos].indices, rows):
+                validate_deltas(state, [deltas[pos]])  # raises with the offending indices
+        return plan
+
+    def _new_plan(self, state: State, deltas: Sequence[Delta], key: tuple) -> CommitPlan:
+        validate_deltas(state, deltas)
+        graph = self.graph
+        if graph is not None:
+            for d in deltas:
+                if graph.is_derived(d.page):
+                    raise GraphError(f"page {d.page!r} is derived (recomputed from "
+                                     f"{', '.join(graph.inputs(d.page))}); commit deltas to "
+                                     "its inputs")
+        pages = touched_pages(deltas)
+        affected = (tuple(n for n in graph.descendants(pages) if graph.is_derived(n))
+                    if graph is not None and pages else ())
+        plan = CommitPlan(
+            pages=pages, affected=affected,
+            row_checks=tuple((i, state.pages[d.page].shape[0]) for i, d in enumerate(deltas)
+                             if d.kind == "rows"),
+            nbytes_applied=sum(int(d.values.size) * d.values.dtype.itemsize for d in deltas),
+            layout=TxnLayout(deltas, affected) if self.log_layouts and deltas else None)
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def apply(self, state: State, deltas: Sequence[Delta]) -> State:
+        """Dispatch the transaction (validated by :meth:`prepare`): the new State."""
+        return apply_transaction(state, deltas, check=False, graph=self.graph,
+                                 donate=self.donate)
+
+    @staticmethod
+    def changed(before: State, after: State, affected: Sequence[str]) -> tuple[str, ...]:
+        """Derived pages whose value changed (their epoch moved); blocks on those epochs.
+
+        Propagation recomputes every affected page exactly once; a page whose value did not
+        change keeps its epoch (early cut-off) and is not reported.
+        """
+        if not affected:
+            return ()
+        new = jax.device_get([after.epochs[n] for n in affected])
+        old = jax.device_get([before.epochs[n] for n in affected])
+        return tuple(n for n, a, b in zip(affected, new, old, strict=True) if a != b)
+
+
+def as_transaction(deltas: Delta | Sequence[Delta]) -> list[Delta]:
+    """A Delta or a sequence of Deltas as a list (one transaction)."""
+    return [deltas] if isinstance(deltas, Delta) else list(deltas)
