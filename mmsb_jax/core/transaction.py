@@ -19,6 +19,7 @@ binary expansion (at most ``max_chunk`` each), so one structure compiles at most
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +256,36 @@ class TransactionRunner:
         if len(self.buffer) >= self.limit:
             self.flush()
 
+    def add_run(self, txns: Sequence[Sequence[Delta]], stacked: Sequence[Delta] | None
+                ) -> None:
+        """Apply transactions of one structure, already stacked (:func:`stack_transactions`).
+
+        The run is applied in power-of-two chunks as :meth:`add` would; ``stacked`` (None for
+        a single transaction) saves stacking them again.
+        """
+        self.flush()
+        self.key = None
+        if stacked is None or not txns[0]:
+            for t in txns:
+                self.add(t)
+            self.flush()
+            return
+        per = max(1, txn_nbytes(txns[0]))
+        cap = max(1, min(self.max_chunk, self.chunk_bytes // per))
+        limit = 1 << (cap.bit_length() - 1)
+        start, n = 0, len(txns)
+        while start < n:
+            size = min(limit, 1 << ((n - start).bit_length() - 1))
+            if size == 1:
+                self._apply_chunk(txns[start:start + 1])
+            else:
+                part = [dataclasses.replace(d, indices=_rows(d.indices, start, size),
+                                            mask=_rows(d.mask, start, size),
+                                            values=d.values[start:start + size])
+                        for d in stacked]
+                self._apply_stacked(len(part[0].values), part)
+            start += size
+
     def flush(self) -> State:
         """Apply everything queued; returns the State reached."""
         buf, self.buffer = self.buffer, []
@@ -279,10 +310,17 @@ class TransactionRunner:
         if self.check:
             validate_deltas(state, txns[0])
             check_stacked_rows(state, stacked)
-        self.state, per_step = apply_stacked(state, stacked, graph=self.graph,
+        self._apply_stacked(len(txns), stacked)
+
+    def _apply_stacked(self, count: int, stacked: list[Delta]) -> None:
+        self.state, per_step = apply_stacked(self.state, stacked, graph=self.graph,
                                              donate=self.donate)
         if self.record_epochs:
-            self.epochs.append((len(txns), per_step))
+            self.epochs.append((count, per_step))
+
+
+def _rows(x: Any, start: int, size: int) -> Any:
+    return None if x is None else x[start:start + size]
 
 
 def apply_transactions(state: State, txns: Iterable[Sequence[Delta]], *,

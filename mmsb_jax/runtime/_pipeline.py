@@ -12,21 +12,27 @@ check of its indices and one jitted dispatch on JAX's C++ fast path.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import jax
+import numpy as np
 
-from mmsb_jax.core.delta import Delta, _rows_in_range, validate_deltas
+from mmsb_jax.core.delta import PADDING, Delta, _rows_in_range, validate_deltas
 from mmsb_jax.core.pages import Schema, State
-from mmsb_jax.core.transaction import apply_transaction, touched_pages, txn_structure
-from mmsb_jax.errors import GraphError, SchemaMismatchError
+from mmsb_jax.core.transaction import (
+    apply_transaction,
+    stack_transactions,
+    touched_pages,
+    txn_structure,
+)
+from mmsb_jax.errors import GraphError, MMSBError, SchemaMismatchError
 from mmsb_jax.store.format import TxnLayout
 
 if TYPE_CHECKING:
     from mmsb_jax.core.graph import Graph
 
-__all__ = ["CommitPlan", "Pipeline", "resolve_schema"]
+__all__ = ["CommitPlan", "Pipeline", "Run", "as_transaction", "resolve_schema"]
 
 _MAX_PLANS = 1024
 
@@ -66,6 +72,23 @@ class CommitPlan:
     layout: TxnLayout | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Consecutive transactions ``[start, stop)`` of one structure (one plan).
+
+    Attributes:
+      start, stop: positions in the batch.
+      plan: their shared :class:`CommitPlan`.
+      stacked: their deltas stacked position by position (leaves ``[stop - start, ...]``),
+        or None for a run of one transaction.
+    """
+
+    start: int
+    stop: int
+    plan: CommitPlan
+    stacked: list[Delta] | None
+
+
 class Pipeline:
     """Validates, plans and applies transactions for one schema and graph.
 
@@ -101,6 +124,42 @@ class Pipeline:
             if not _rows_in_range(deltas[pos].indices, rows):
                 validate_deltas(state, [deltas[pos]])  # raises with the offending indices
         return plan
+
+    def prepare_runs(self, state: State, txns: Sequence[Sequence[Delta]]) -> list[Run]:
+        """Validate a batch of transactions, grouped into runs of one structure.
+
+        Structure is validated once per run, row ranges on the run's stacked indices.
+
+        Raises:
+          The errors of :meth:`prepare`, with the failing transaction's position as
+          ``exc.transaction_index`` and in a note; nothing changes.
+        """
+        runs: list[Run] = []
+        i = 0
+        try:
+            keys = [txn_structure(t) for t in txns]
+        except AttributeError:
+            for i, t in enumerate(txns):  # find the element that is not a Delta
+                _at(i, lambda t=t: validate_deltas(state, t))
+            raise
+        n = len(txns)
+        while i < n:
+            j = i + 1
+            while j < n and keys[j] == keys[i]:
+                j += 1
+            plan = _at(i, lambda i=i: self.prepare(state, txns[i]))
+            stacked = None
+            if j - i > 1 and txns[i]:
+                stacked = stack_transactions(txns[i:j])
+                for pos, rows in plan.row_checks:
+                    idx = stacked[pos].indices
+                    if idx.size and not (idx.min() >= PADDING and idx.max() < rows):
+                        bad = i + int(np.flatnonzero(((idx < PADDING) | (idx >= rows))
+                                                     .any(axis=1))[0])
+                        _at(bad, lambda bad=bad: validate_deltas(state, txns[bad]))
+            runs.append(Run(i, j, plan, stacked))
+            i = j
+        return runs
 
     def _new_plan(self, state: State, deltas: Sequence[Delta], key: tuple) -> CommitPlan:
         validate_deltas(state, deltas)
@@ -142,6 +201,16 @@ class Pipeline:
         new = jax.device_get([after.epochs[n] for n in affected])
         old = jax.device_get([before.epochs[n] for n in affected])
         return tuple(n for n, a, b in zip(affected, new, old, strict=True) if a != b)
+
+
+def _at(position: int, check: Callable[[], CommitPlan | None]) -> CommitPlan | None:
+    """Run ``check``; an error it raises gets the transaction's position attached."""
+    try:
+        return check()
+    except (MMSBError, TypeError) as e:
+        e.transaction_index = position  # type: ignore[attr-defined]
+        e.add_note(f"in transaction {position} of commit_many: nothing was committed")
+        raise
 
 
 def as_transaction(deltas: Delta | Sequence[Delta]) -> list[Delta]:

@@ -21,12 +21,14 @@ bit-identical to the state before the crash (up to the last durable commit).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,6 @@ from mmsb_jax.core.pages import Schema, State
 from mmsb_jax.core.transaction import (
     TransactionRunner,
     apply_transaction,
-    stack_transactions,
 )
 from mmsb_jax.errors import (
     MMSBError,
@@ -48,7 +49,13 @@ from mmsb_jax.errors import (
     UnknownPageError,
     UnknownSeqError,
 )
-from mmsb_jax.runtime._pipeline import CommitPlan, Pipeline, as_transaction, resolve_schema
+from mmsb_jax.runtime._pipeline import (
+    CommitPlan,
+    Pipeline,
+    Run,
+    as_transaction,
+    resolve_schema,
+)
 from mmsb_jax.runtime.telemetry import Telemetry
 from mmsb_jax.store import format as fmt
 from mmsb_jax.store.checkpoint import CheckpointStore
@@ -355,7 +362,10 @@ class Bus:
           ``exc.transaction_index`` and in a note.
         """
         t0 = time.perf_counter()
-        txns = [as_transaction(t) for t in transactions]
+        with _gc_paused():
+            return self._commit_many(t0, [as_transaction(t) for t in transactions])
+
+    def _commit_many(self, t0: float, txns: list[list[Delta]]) -> list[CommitInfo]:
         tel = self._tel
         with self._lock:
             if self._closed:
@@ -363,37 +373,31 @@ class Bus:
             if not txns:
                 return []
             state = self._state
-            plans: list[CommitPlan | None] = []
-            for i, t in enumerate(txns):
-                try:
-                    plans.append(self._pipe.prepare(state, t) if t else None)
-                except (MMSBError, TypeError) as e:
-                    tel.failures.inc()
-                    e.transaction_index = i  # type: ignore[attr-defined]
-                    e.add_note(f"in transaction {i} of commit_many: nothing was committed")
-                    raise
+            try:
+                runs = self._pipe.prepare_runs(state, txns)
+            except (MMSBError, TypeError):
+                tel.failures.inc()
+                raise
             t1 = time.perf_counter()
             first = self._seq + 1
             ts = time.time_ns()
-            runs = _runs(plans)
             try:
-                nbytes = self._log_runs(first, txns, plans, runs, ts)
+                nbytes = self._log_runs(first, txns, runs, ts)
             except BaseException:
                 tel.failures.inc()
                 raise
             t2 = time.perf_counter()
-            infos_pages = [(p.pages, p.affected) if p is not None else ((), ()) for p in plans]
-            sizes = [_txn_bytes(p) for p in plans]
-            stepwise = any(s.pages is None or not s.pages.isdisjoint(pages)
-                           or not s.pages.isdisjoint(affected)
-                           for s in self._subs for pages, affected in infos_pages)
+            plans = [run.plan for run in runs for _ in range(run.stop - run.start)]
+            stepwise = any(s.pages is None or not s.pages.isdisjoint(run.plan.pages)
+                           or not s.pages.isdisjoint(run.plan.affected)
+                           for s in self._subs for run in runs)
             try:
                 if stepwise:
                     states, derived = self._apply_stepwise(state, txns, plans)
                     new_state = states[-1]
                 else:
                     states = None
-                    new_state, derived = self._apply_scanned(state, txns, plans)
+                    new_state, derived = self._apply_scanned(state, txns, runs, plans)
                 t3 = time.perf_counter()
             except BaseException:
                 tel.failures.inc()
@@ -401,12 +405,13 @@ class Bus:
                 raise
             t4 = time.perf_counter()
             last = first + len(txns) - 1
-            infos = [CommitInfo(first + i, sizes[i], infos_pages[i][0], derived[i],
-                                self._durable, ts, t4 - t0) for i in range(len(txns))]
+            durable, seconds = self._durable, t4 - t0
+            infos = [CommitInfo(first + i, _txn_bytes(plan), plan.pages, derived[i], durable,
+                                ts, seconds) for i, plan in enumerate(plans)]
             self._state = new_state
             self._seq = last
             tel.record_commit(t0, t1, t2, t3, t4, len(txns), nbytes,
-                              sum(p.nbytes_applied for p in plans if p is not None))
+                              sum(r.plan.nbytes_applied * (r.stop - r.start) for r in runs))
             tel.seq.value = last
             every = self._checkpoint_every
             if every and last // every > (first - 1) // every:
@@ -420,48 +425,46 @@ class Bus:
         return infos
 
     # -- commit_many helpers (called with the commit lock held) -----------------------------
-    def _log_runs(self, first: int, txns: list[list[Delta]], plans: list[CommitPlan | None],
-                  runs: list[tuple[int, int]], ts: int) -> int:
-        """Encode every transaction (runs of one plan at once) and append them in one write."""
-        total = sum(_txn_bytes(p) for p in plans)
+    def _log_runs(self, first: int, txns: list[list[Delta]], runs: list[Run], ts: int) -> int:
+        """Encode every transaction (each run at once) and append them in one write."""
+        total = sum(_txn_bytes(r.plan) * (r.stop - r.start) for r in runs)
 
         def encode(salt: int) -> bytes:
             parts = []
-            for start, stop in runs:
-                plan = plans[start]
-                if plan is None:
+            for run in runs:
+                layout = run.plan.layout
+                if layout is None:  # empty transactions
                     parts += [fmt.encode_transaction(salt, first + i, [], (), ts)
-                              for i in range(start, stop)]
-                elif stop - start == 1:
-                    parts.append(plan.layout.encode(salt, first + start, txns[start], ts))
+                              for i in range(run.start, run.stop)]
+                elif run.stacked is None:
+                    parts.append(layout.encode(salt, first + run.start, txns[run.start], ts))
                 else:
-                    stacked = stack_transactions(txns[start:stop])
-                    parts.append(plan.layout.encode_run(salt, first + start, stacked, ts))
+                    parts.append(layout.encode_run(salt, first + run.start, run.stacked, ts))
             return b"".join(parts)
 
         return self._tlog.append_encoded(first, len(txns), total, encode)
 
     def _apply_stepwise(self, state: State, txns: list[list[Delta]],
-                        plans: list[CommitPlan | None]) -> tuple[list[State], list[tuple]]:
+                        plans: list[CommitPlan]) -> tuple[list[State], list[tuple]]:
         states, derived = [], []
         for t, plan in zip(txns, plans, strict=True):
             # never donated: the subscribers read every intermediate State afterwards
             new = apply_transaction(state, t, check=False, graph=self.graph) if t else state
-            derived.append(self._pipe.changed(state, new, plan.affected) if plan else ())
+            derived.append(self._pipe.changed(state, new, plan.affected))
             states.append(new)
             state = new
         return states, derived
 
-    def _apply_scanned(self, state: State, txns: list[list[Delta]],
-                       plans: list[CommitPlan | None]) -> tuple[State, list[tuple]]:
+    def _apply_scanned(self, state: State, txns: list[list[Delta]], runs: list[Run],
+                       plans: list[CommitPlan]) -> tuple[State, list[tuple]]:
         runner = TransactionRunner(state, graph=self.graph, check=False,
                                    record_epochs=self.graph is not None, donate=self._donate)
-        for t in txns:
-            runner.add(t)
+        for run in runs:
+            runner.add_run(txns[run.start:run.stop], run.stacked)
         new_state = runner.flush()
         if self.graph is None:
             return new_state, [()] * len(txns)
-        names = sorted({n for p in plans if p is not None for n in p.affected})
+        names = sorted({n for p in plans for n in p.affected})
         prev = {n: int(state.epochs[n]) for n in names}
         derived: list[tuple] = []
         i = 0
@@ -474,8 +477,7 @@ class Bus:
                     if v != prev[n]:
                         prev[n] = v
                         moved.add(n)
-                plan = plans[i]
-                derived.append(tuple(n for n in plan.affected if n in moved) if plan else ())
+                derived.append(tuple(n for n in plans[i].affected if n in moved))
                 i += 1
         return new_state, derived
 
@@ -668,21 +670,28 @@ class Bus:
         return f"Bus({str(self.directory)!r}, {state}, sync={self._tlog.sync_policy!r})"
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch allocates its O(L) small objects.
+
+    Without it the allocations of a large ``commit_many`` trigger collections that traverse
+    every object of the process (a JAX program holds millions), which cost several times the
+    batch's own work (measured: 6.7 vs 1.6 µs per transaction for 4,096 transactions).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 #: Framed bytes of an empty transaction (a lone COMMIT record).
 _EMPTY_TXN_BYTES = len(fmt.encode_transaction(0, 1, [], (), 0))
 
 
-def _txn_bytes(plan: CommitPlan | None) -> int:
-    """Logged bytes of one transaction of ``plan`` (None: an empty transaction)."""
-    return _EMPTY_TXN_BYTES if plan is None else plan.layout.nbytes
+def _txn_bytes(plan: CommitPlan) -> int:
+    """Logged bytes of one transaction of ``plan``."""
+    return _EMPTY_TXN_BYTES if plan.layout is None else plan.layout.nbytes
 
-
-def _runs(plans: Sequence[CommitPlan | None]) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges of consecutive transactions sharing one plan (one structure)."""
-    runs: list[tuple[int, int]] = []
-    start = 0
-    for i in range(1, len(plans) + 1):
-        if i == len(plans) or plans[i] is not plans[start]:
-            runs.append((start, i))
-            start = i
-    return runs
