@@ -135,12 +135,9 @@ def _gather_index(table: jax.Array, rows: Any) -> jax.Array:
 def _groups(source: Any) -> Iterable[Sequence[Delta]]:
     """Yield one sequence of deltas per access group (a commit, or a single delta)."""
     if isinstance(source, str | os.PathLike):
-        from mmsb_jax.store.tlog import read_transactions
+        from mmsb_jax.store.tlog import log_dir, read_transactions
 
-        path = os.fspath(source)
-        if os.path.isdir(os.path.join(path, "log")):
-            path = os.path.join(path, "log")
-        source = read_transactions(path)
+        source = read_transactions(log_dir(source))
     elif hasattr(source, "log") and hasattr(source, "commit"):  # a Bus
         source = source.log.transactions()
     elif hasattr(source, "transactions") and callable(source.transactions):  # a TLog

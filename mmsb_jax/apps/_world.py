@@ -445,10 +445,10 @@ def _refresh_impl(graph: Graph, state: State) -> State:
     return propagate(graph, state, graph.base.names)
 
 
+_ONE_TICK = np.ones((), np.int32)
 _step_jit = jax.jit(world_step, static_argnums=0)
 _simulate_jit = jax.jit(_simulate_impl, static_argnums=(0, 1))
 _refresh_jit = jax.jit(_refresh_impl, static_argnums=0)
-_deltas_jit = jax.jit(step_deltas)
 
 
 def _lattice_state(graph: Graph, params: WorldParams, key: jax.Array, count: int,
@@ -773,7 +773,10 @@ class World:
                            else _simulate_jit(self.graph, num_steps, state))
             return
         for _ in range(num_steps):
-            self._bus.commit(_deltas_jit(state))
+            # The step's deltas are the derived next-state pages themselves: no dispatch.
+            self._bus.commit([Delta.full("pos", state.pages["physics/next_pos"]),
+                              Delta.full("vel", state.pages["physics/next_vel"]),
+                              Delta.full("tick", _ONE_TICK, op="add")])
             base = self._bus.state
             state = state.with_pages({n: base.pages[n] for n in STEP_DIRTY},
                                      {n: base.epochs[n] for n in STEP_DIRTY})

@@ -24,15 +24,11 @@ __all__ = ["register", "resolve_log_path"]
 def resolve_log_path(path: str | Path) -> Path:
     """A segment file or log directory for ``path`` (a bus directory maps to ``path/log``)."""
     from mmsb_jax.errors import StoreError
-    from mmsb_jax.store.tlog import segment_paths
+    from mmsb_jax.store.tlog import log_dir
 
     p = Path(path)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        if not segment_paths(p) and (p / "log").is_dir():
-            return p / "log"
-        return p
+    if p.is_file() or p.is_dir():
+        return log_dir(p)
     raise StoreError(f"no such log file or directory: {p}")
 
 

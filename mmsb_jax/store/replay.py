@@ -37,12 +37,9 @@ def _as_transactions(log: Any, after_seq: int, to_seq: int | None
         last = log.last_seq if to_seq is None else min(to_seq, log.last_seq)
         return log.transactions(after_seq, to_seq), max(0, last - after_seq), None
     if isinstance(log, str | os.PathLike):
-        from pathlib import Path
+        from mmsb_jax.store.tlog import log_dir
 
-        p = Path(log)
-        if (p / "log").is_dir():
-            p = p / "log"
-        tl = TLog.open(p, readonly=True)
+        tl = TLog.open(log_dir(log), readonly=True)
         last = tl.last_seq if to_seq is None else min(to_seq, tl.last_seq)
         return tl.transactions(after_seq, to_seq), max(0, last - after_seq), tl
 

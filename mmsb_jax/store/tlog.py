@@ -20,16 +20,11 @@ reported, corruption (a bad record with valid data after it) raises
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import logging
 import os
-import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +39,20 @@ from mmsb_jax.errors import (
     UnknownSeqError,
 )
 from mmsb_jax.store import format as fmt
+from mmsb_jax.store._files import (
+    _SEGMENT_RE,
+    DirLock,
+    _fdatasync,
+    _fsync_dir,
+    _read_file,
+    _segment_name,
+    _write_all,
+    cut_segments,
+    log_dir,
+    segment_paths,
+)
 from mmsb_jax.store.format import SegmentHeader, SegmentScan, Transaction
+from mmsb_jax.store.repair import RepairReport, repair
 
 __all__ = [
     "DEFAULT_BATCH_COMMITS",
@@ -56,6 +64,7 @@ __all__ = [
     "RepairReport",
     "TLog",
     "TLogInfo",
+    "log_dir",
     "read_transactions",
     "repair",
     "scan_log",
@@ -68,52 +77,6 @@ SYNC_POLICIES: tuple[str, ...] = ("always", "batch", "never")
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_BATCH_COMMITS = 64
 DEFAULT_BATCH_INTERVAL_MS = 20.0
-_SEGMENT_RE = re.compile(r"^(\d{8})\.tlog$")
-LOCK_NAME = "LOCK"
-
-
-def _segment_name(number: int) -> str:
-    return f"{number:08d}.tlog"
-
-
-def segment_paths(path: str | os.PathLike) -> list[Path]:
-    """The segment files of a log directory, in order (other files are ignored)."""
-    p = Path(path)
-    if not p.is_dir():
-        return []
-    segs = [(int(m.group(1)), c) for c in p.iterdir() if (m := _SEGMENT_RE.match(c.name))]
-    return [c for _, c in sorted(segs)]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_fdatasync = getattr(os, "fdatasync", os.fsync)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write ``data`` completely (one ``os.write`` unless the kernel takes less)."""
-    n = os.write(fd, data)
-    if n == len(data):
-        return
-    view = memoryview(data)[n:]
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:  # pragma: no cover - os.write raises instead on Linux
-            raise OSError(errno.EIO, "short write")
-        view = view[n:]
-
-
-def _read_file(path: Path, size: int | None = None) -> bytes:
-    with open(path, "rb") as f:
-        return f.read() if size is None else f.read(size)
-
-
 # -- scanning a whole log -------------------------------------------------------------------
 
 
@@ -253,23 +216,6 @@ class RecoveryReport:
 
 
 @dataclasses.dataclass(frozen=True)
-class RepairReport:
-    """What :func:`repair` did.
-
-    Attributes:
-      bytes_cut: total bytes removed from the log.
-      saved: ``(segment path, path of the saved copy, bytes)`` for each cut.
-      corrupt: the corruption that was repaired (None for a torn tail or a clean log).
-      last_seq: the last seq the repaired log holds.
-    """
-
-    bytes_cut: int
-    saved: tuple[tuple[str, str, int], ...]
-    corrupt: LogCorruptError | None
-    last_seq: int
-
-
-@dataclasses.dataclass(frozen=True)
 class TLogInfo:
     """A summary of one segment (used by ``mmsb log inspect``)."""
 
@@ -279,36 +225,6 @@ class TLogInfo:
     last_seq: int
     size: int
     txns: int
-
-
-# -- locking --------------------------------------------------------------------------------
-
-
-class _DirLock:
-    """An exclusive ``flock`` on ``DIR/LOCK``; the kernel drops it when the process dies."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / LOCK_NAME
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StoreError(f"{directory} is in use by another writer (pid {holder}); "
-                             "each log or bus directory has one writer") from None
-        except OSError as e:  # pragma: no cover - e.g. a filesystem without flock
-            os.close(fd)
-            raise StoreError(f"cannot lock {self.path}: {e}") from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd: int | None = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
 
 
 # -- the log --------------------------------------------------------------------------------
@@ -338,7 +254,7 @@ class TLog:
 
     def __init__(self, path: Path, scan: LogScan, *, sync: str, readonly: bool,
                  segment_bytes: int, batch_commits: int, batch_interval_ms: float,
-                 lock: _DirLock | None, recovery: RecoveryReport,
+                 lock: DirLock | None, recovery: RecoveryReport,
                  on_fsync: Callable[[float], None] | None):
         self.path = path
         self.schema: Schema | None = scan.schema
@@ -413,7 +329,7 @@ class TLog:
         if p.exists() and not p.is_dir():
             raise StoreError(f"{p} is not a directory")
         p.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = _DirLock(p)
+        lock = DirLock(p)
         try:
             scan = scan_log(p)
             if scan.schema is not None and schema is not None and scan.schema != schema:
@@ -781,80 +697,19 @@ def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int) -> Iterato
         raise LogCorruptError(0, str(seg.path), f"changed while being read: {e}") from e
 
 
+
+
+
 def _apply_cuts(path: Path, scan: LogScan) -> RecoveryReport:
-    cut = 0
-    truncated = None
-    removed = []
-    for seg, off in scan.cuts:
-        size = seg.stat().st_size
-        cut += size - off
-        if off == 0:
-            seg.unlink()
-            removed.append(str(seg))
-        else:
-            with open(seg, "r+b") as f:
-                f.truncate(off)
-                f.flush()
-                os.fsync(f.fileno())
-            truncated = (str(seg), off)
-    _fsync_dir(path)
-    log.warning("mmsb log %s: cut a torn tail of %d bytes (%s)", path, cut,
+    cuts = cut_segments(path, scan.cuts, save_suffix=None)
+    removed = tuple(c.segment for c in cuts if c.offset == 0)
+    kept = [c for c in cuts if c.offset]
+    truncated = (kept[-1].segment, kept[-1].offset) if kept else None
+    total = sum(c.nbytes for c in cuts)
+    log.warning("mmsb log %s: cut a torn tail of %d bytes (%s)", path, total,
                 f"truncated {truncated[0]} to {truncated[1]} bytes" if truncated else
                 f"removed {', '.join(removed)}")
-    return RecoveryReport(bytes_cut=cut, truncated=truncated, removed=tuple(removed))
-
-
-def repair(path: str | os.PathLike) -> RepairReport:
-    """Truncate the log at ``path`` to its last good transaction, keeping what was cut.
-
-    Works on a torn tail and on corruption alike. For each affected segment the bytes that
-    go are first copied to ``<segment>.cut-<UTC timestamp>`` beside it (segments after the
-    damage are renamed that way), then the segment is truncated and fsynced. Takes the
-    directory lock, so it refuses to run while a writer has the log open.
-
-    Args:
-      path: a log directory (``DIR/log``), a bus directory, or one segment file.
-
-    Returns:
-      A :class:`RepairReport` (``bytes_cut == 0`` when the log was already clean).
-    """
-    p = Path(path)
-    if p.is_dir() and not segment_paths(p) and (p / "log").is_dir():
-        p = p / "log"
-    directory = p.parent if p.is_file() else p
-    if not directory.is_dir():
-        raise StoreError(f"no log at {p}")
-    lock = _DirLock(directory)
-    try:
-        files = [p] if p.is_file() else segment_paths(p)
-        scan = _scan_files(files, allow_corrupt=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        saved = []
-        total = 0
-        for seg, off in scan.cuts:
-            size = seg.stat().st_size
-            target = seg.with_name(f"{seg.name}.cut-{stamp}")
-            if off == 0:
-                os.replace(seg, target)
-            else:
-                with open(seg, "rb") as src, open(target, "xb") as dst:
-                    os.chmod(target, 0o600)
-                    src.seek(off)
-                    shutil.copyfileobj(src, dst)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                with open(seg, "r+b") as f:
-                    f.truncate(off)
-                    os.fsync(f.fileno())
-            saved.append((str(seg), str(target), size - off))
-            total += size - off
-        if saved:
-            _fsync_dir(directory)
-            log.warning("mmsb log repair %s: cut %d bytes, saved beside the log", p, total)
-        return RepairReport(bytes_cut=total, saved=tuple(saved), corrupt=scan.corrupt,
-                            last_seq=scan.last_seq)
-    finally:
-        lock.release()
+    return RecoveryReport(bytes_cut=total, truncated=truncated, removed=removed)
 
 
 def read_transactions(path: str | os.PathLike, after_seq: int = 0, to_seq: int | None = None
