@@ -11,6 +11,9 @@ action into deltas (:func:`delta_model` builds one from ``action -> Delta`` and 
 * :func:`decompose` / :func:`decompose_grid` — waypoints along a TROPICAL-closure shortest
   path; :func:`plan_hierarchical` plans each one in turn with :func:`mcts_segment` or
   :func:`gradient_segment`.
+* :func:`train_maze_agent` / :func:`plan_learned` — an AlphaZero-style value/policy
+  network (:class:`MazeNet`, fully convolutional, any maze size) trained from Gumbel MuZero
+  search with the true model, on :func:`dfs_mazes` (perfect depth-first-search mazes).
 * Measuring tasks on the bus: a deterministic gridworld (:func:`gridworld_model`,
   :func:`random_mazes`, :func:`greedy_policy`) and a point-mass world
   (:func:`point_mass_step`, :func:`point_mass_costs`).
@@ -46,6 +49,17 @@ from mmsb_jax.planning._hierarchical import (
     mcts_segment,
     plan_hierarchical,
 )
+from mmsb_jax.planning._learned import (
+    LearnedTrajectory,
+    MazeMaps,
+    MazeNet,
+    TrainResult,
+    dfs_mazes,
+    learned_search,
+    maze_model,
+    plan_learned,
+    train_maze_agent,
+)
 from mmsb_jax.planning._mcts import (
     POLICIES,
     POLICY_OPTIONS,
@@ -74,6 +88,15 @@ from mmsb_jax.planning._pointmass import (
 )
 
 __all__ = [
+    "train_maze_agent",
+    "plan_learned",
+    "maze_model",
+    "learned_search",
+    "dfs_mazes",
+    "TrainResult",
+    "MazeNet",
+    "MazeMaps",
+    "LearnedTrajectory",
     "DEFAULT_OPTIMIZER",
     "MOVES",
     "POLICIES",
