@@ -21,10 +21,16 @@ ordering (undefined for duplicates and nondeterministic on GPU):
   sort for small deltas, an exact scatter-max of slot positions for large ones) and each row is
   then written once.
 * Float ``add/mul/min/max`` and integer ``or/and`` combine duplicates left to right with a
-  stable sort and a segmented Hillis-Steele scan (:func:`segmented_scan`, a fixed tree per
-  run), then write each row once.
+  stable sort and a segmented Hillis-Steele scan (``segmented_scan`` in ``core/_merge.py``,
+  a fixed tree per run), then write each row once.
 * Integer ``add/mul/min/max`` and bool ``min/max/or/and`` are exact, commutative and
   associative, so the scatter combiner gives the same bits in any order and is used directly.
+* Rows known to be distinct (:attr:`Delta.unique`, set for sorted distinct host indices)
+  skip the sort: one gather-combine-scatter, the same bits.
+
+The merge itself lives in ``core/_merge.py``, shardings in ``core/_sharding.py`` and the op
+table in ``mmsb_jax/_ops.py``; this module holds the Delta, its validation, ``apply``,
+``apply_batch``, ``compose`` and ``checked``.
 """
 
 from __future__ import annotations
@@ -37,10 +43,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.experimental import checkify
 
-from mmsb_jax import kernels
+from mmsb_jax._ops import (
+    INDEX_CHECK_TAG,
+    OPS,
+    PADDING,
+    check_op_dtype,
+    identity_value,
+    op_fn,
+)
+from mmsb_jax.core._merge import (
+    _checks_traced,
+    merge_rows,
+    merge_rows_sharded,
+    resolve_rows,
+)
+from mmsb_jax.core._sharding import keep_sharding, page_sharding, row_sharding, row_sharding_of
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import (
     ComposeError,
@@ -51,9 +70,9 @@ from mmsb_jax.errors import (
     ShapeError,
     UnknownPageError,
 )
-from mmsb_jax.kernels.ops import reference_combine
 
 __all__ = [
+    "INDEX_CHECK_TAG",
     "KINDS",
     "OPS",
     "PADDING",
@@ -62,74 +81,20 @@ __all__ = [
     "apply",
     "apply_batch",
     "apply_page",
+    "check_op_dtype",
+    "checked",
     "compose",
     "identity_value",
-    "merge_rows_sharded",
     "op_fn",
-    "page_sharding",
-    "row_sharding",
-    "segmented_scan",
     "validate",
     "validate_deltas",
-    "winning_rows",
 ]
 
-OPS: tuple[str, ...] = ("set", "add", "mul", "min", "max", "or", "and")
 KINDS: tuple[str, ...] = ("rows", "masked", "full")
-PADDING: int = -1
 #: Host row indices of at least this many slots are checked for being sorted and unique (an
 #: O(k) host pass that lets the merge skip its O(k log k) device sort); shorter ones are not.
 UNIQUE_CHECK_MIN: int = 64
-INDEX_CHECK_TAG = "mmsb:index_out_of_range"
 _Tracer = jax.core.Tracer
-
-
-def _is_bool(dtype: Any) -> bool:
-    return jnp.dtype(dtype) == jnp.bool_
-
-
-def _is_int(dtype: Any) -> bool:
-    return jnp.issubdtype(dtype, jnp.integer)
-
-
-def check_op_dtype(op: str, dtype: Any, page: str = "?") -> None:
-    """Raise :class:`OpError` unless ``op`` is valid for pages of ``dtype``."""
-    if op not in OPS:
-        raise OpError(f"unknown op {op!r}; expected one of {OPS}")
-    if op in ("or", "and") and not (_is_bool(dtype) or _is_int(dtype)):
-        raise OpError(f"op {op!r} needs a bool or integer page; page {page!r} is {dtype}")
-    if op in ("add", "mul") and _is_bool(dtype):
-        raise OpError(f"op {op!r} is not defined on bool page {page!r}; use 'or'/'and'")
-
-
-def op_fn(op: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The binary function ``(old, new) -> result`` of a delta op.
-
-    One table serves the core merge and the kernels' references (``mmsb_jax.kernels.ops``), so
-    both combine values the same way.
-    """
-    return reference_combine(op)
-
-
-def identity_value(op: str, dtype: Any) -> Any:
-    """The identity element ``e`` of ``op`` on ``dtype`` (``x op e == x``); ``set`` has none."""
-    dtype = jnp.dtype(dtype)
-    if op == "add":
-        return np.zeros((), dtype)
-    if op == "mul":
-        return np.ones((), dtype)
-    if op in ("min", "max"):
-        if _is_bool(dtype):
-            return np.bool_(op == "min")
-        if jnp.issubdtype(dtype, jnp.inexact):
-            return np.array(np.inf if op == "min" else -np.inf, dtype)
-        info = jnp.iinfo(dtype)
-        return np.array(info.max if op == "min" else info.min, dtype)
-    if op == "or":
-        return np.zeros((), dtype)
-    if op == "and":
-        return np.bool_(True) if _is_bool(dtype) else np.array(-1, dtype=np.int64).astype(dtype)
-    raise OpError(f"op {op!r} has no identity element")
 
 
 @jax.tree_util.register_dataclass
@@ -371,186 +336,7 @@ def _rows_in_range(indices: Any, n: int) -> bool:
     return bool(host.min() >= PADDING) and bool(host.max() < n)
 
 
-
 # -- the merge ------------------------------------------------------------------------------
-
-def resolve_rows(indices: jax.Array, values: jax.Array, op: str, num_rows: int):
-    """Resolve duplicate row indices deterministically.
-
-    Args:
-      indices: ``int32[k]``, ``-1`` = padding.
-      values: ``[k, *row]``.
-      op: the delta op; ``set`` keeps the last occurrence, other ops combine occurrences in
-        their original order (:func:`segmented_scan`).
-      num_rows: the page's number of rows ``n``.
-
-    Returns:
-      ``(rows, vals)``: ``rows: int32[k]`` sorted so that every in-range row appears once,
-      non-winning slots and padding set to ``n`` (out of range, dropped by the scatter);
-      ``vals: [k, *row]`` the combined value for each winning slot.
-    """
-    k = indices.shape[0]
-    key = jnp.where(indices < 0, num_rows, indices).astype(jnp.int32)
-    order = jnp.argsort(key, stable=True)
-    skey = key[order]
-    svals = values[order]
-    last = jnp.concatenate([skey[1:] != skey[:-1], jnp.ones((1,), bool)]) if k else skey < 0
-    if op != "set" and k > 1:
-        svals = segmented_scan(op_fn(op), skey, svals)
-    rows = jnp.where(last & (skey < num_rows), skey, num_rows)
-    return rows, svals
-
-
-def winning_rows(indices: jax.Array, num_rows: int) -> jax.Array:
-    """For ``set``: the row each slot writes, or ``num_rows`` if a later slot overwrites it.
-
-    Args:
-      indices: ``int32[k]``, ``-1`` = padding.
-      num_rows: ``n``.
-
-    Returns:
-      ``int32[k]``: ``indices[i]`` where slot ``i`` is the last occurrence of its row, else
-      ``n`` (dropped by a ``mode="drop"`` scatter). Every in-range row appears at most once, so
-      the scatter that follows is deterministic on every backend.
-
-    Small deltas use a stable sort (``O(k log k)``); large ones a scatter-max of slot positions
-    into an ``int32[n]`` buffer (``O(k + n)``, exact: ``max`` is order-independent).
-    """
-    k = indices.shape[0]
-    key = jnp.where(indices < 0, num_rows, indices).astype(jnp.int32)
-    if k * 32 < num_rows:
-        order = jnp.argsort(key, stable=True)
-        skey = key[order]
-        last = jnp.concatenate([skey[1:] != skey[:-1], jnp.ones((1,), bool)])
-        rows_sorted = jnp.where(last, skey, num_rows)
-        return jnp.zeros((k,), jnp.int32).at[order].set(rows_sorted, unique_indices=True)
-    slots = jnp.arange(k, dtype=jnp.int32)
-    pos = jnp.full((num_rows,), -1, jnp.int32).at[key].max(slots, mode="drop")
-    wins = pos.at[key].get(mode="fill", fill_value=-1) == slots
-    return jnp.where(wins, key, num_rows)
-
-
-def _out_sharding(page: jax.Array) -> Any:
-    """The page's sharding when it lives on an explicit-sharding mesh, else ``None``.
-
-    Scatters and gathers on explicitly sharded arrays need ``out_sharding=`` (their result
-    sharding cannot be inferred); passing the page's own sharding keeps it unchanged.
-    """
-    sharding = getattr(jax.typeof(page), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    axis_types = getattr(mesh, "axis_types", ())
-    if any(t == jax.sharding.AxisType.Explicit for t in axis_types):
-        return sharding
-    return None
-
-
-# Ops whose scatter combiner is exact and order-independent on these dtypes, so XLA's scatter
-# is deterministic even with duplicate indices (and even with GPU atomics).
-def _order_independent(op: str, dtype: Any) -> bool:
-    if _is_bool(dtype):
-        return op in ("min", "max", "or", "and")
-    if _is_int(dtype):
-        return op in ("add", "mul", "min", "max")
-    return False
-
-
-def segmented_scan(fn: Callable[[jax.Array, jax.Array], jax.Array], segment: jax.Array,
-                   values: jax.Array) -> jax.Array:
-    """Inclusive scan of ``fn`` within runs of equal ``segment`` ids (Hillis-Steele).
-
-    Args:
-      fn: associative binary function (applied elementwise on rows).
-      segment: ``int[k]``, equal ids contiguous (sorted).
-      values: ``[k, *row]``.
-
-    Returns:
-      ``[k, *row]``: element ``i`` = ``fn``-fold of its run up to ``i``. The combination tree
-      of each element depends only on its offset within its run, not on where the run sits in
-      the array, so a run gives the same bits whatever else is in the batch (this is what makes
-      sharded merges bit-equal to unsharded ones). ``ceil(log2 k)`` steps of ``O(k)`` work.
-    """
-    k = values.shape[0]
-    extra = (1,) * (values.ndim - 1)
-    shift = 1
-    while shift < k:
-        prev_vals = jnp.concatenate([values[:shift], values[:-shift]])
-        prev_seg = jnp.concatenate([segment[:shift] - 1, segment[:-shift]])
-        same = (prev_seg == segment).reshape((k, *extra))
-        values = jnp.where(same, fn(prev_vals, values), values)
-        shift *= 2
-    return values
-
-
-# Whether row-range checks are traced: only while ``mm.checked`` runs its function. A
-# ``checkify`` check does nothing outside ``checkify``, but it is an effect, and an effect keeps
-# every jitted function that contains it off JAX's C++ dispatch fast path. The setting is a
-# ``jax.make_user_context`` value, part of the jit cache key, so a function traced without
-# checks is traced again (with them) when it first runs under ``mm.checked``.
-_checks_traced = jax.make_user_context(default_value=False)
-
-
-def _debug_check_rows(indices: jax.Array, n: int) -> None:
-    if not _checks_traced.value:
-        return
-    checkify.debug_check(
-        jnp.all((indices >= PADDING) & (indices < n)),
-        INDEX_CHECK_TAG + ": row index outside [-1, {n}) in a rows delta",
-        n=jnp.int32(n),
-    )
-
-
-def _merge_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str,
-                unique: bool = False) -> jax.Array:
-    n = page.shape[0]
-    if indices.shape[0] == 0:
-        return page
-    _debug_check_rows(indices, n)
-    if unique:
-        return _merge_unique_rows(page, indices, values, op)
-    # The dispatcher (MMSB_KERNELS=auto|pallas|xla) runs the Pallas row-merge kernel on GPU
-    # and this module's XLA merge elsewhere; both give the same bits.
-    return kernels.merge_rows(page, indices, values, op, xla=_merge_rows_xla)
-
-
-def _merge_rows_xla(page: jax.Array, indices: jax.Array, values: jax.Array, op: str
-                    ) -> jax.Array:
-    n = page.shape[0]
-    out = _out_sharding(page)
-    if op == "set":
-        return page.at[winning_rows(indices, n)].set(values, mode="drop", out_sharding=out)
-    if _order_independent(op, page.dtype):
-        key = jnp.where(indices < 0, n, indices)
-        if _is_bool(page.dtype):
-            op = {"or": "max", "and": "min"}.get(op, op)
-        at = page.at[key]
-        return {"add": at.add, "mul": at.multiply, "min": at.min, "max": at.max}[op](
-            values, mode="drop", out_sharding=out)
-    rows, vals = resolve_rows(indices, values, op, n)
-    old = page.at[rows].get(mode="fill", fill_value=0,
-                            out_sharding=None if out is None else _replicated(out))
-    return page.at[rows].set(op_fn(op)(old, vals), mode="drop", out_sharding=out)
-
-
-def _merge_unique_rows(page: jax.Array, indices: jax.Array, values: jax.Array, op: str
-                       ) -> jax.Array:
-    """Merge rows known to be distinct: one gather-combine-scatter, no sort.
-
-    Each row is written at most once, so the scatter is deterministic on every backend, and
-    each written value is ``op(old, new)`` exactly as the sorting merge computes it: the
-    results are bit-identical.
-    """
-    n = page.shape[0]
-    out = _out_sharding(page)
-    key = jnp.where(indices < 0, n, indices)
-    if op != "set":
-        old = page.at[key].get(mode="fill", fill_value=0, unique_indices=True,
-                               out_sharding=None if out is None else _replicated(out))
-        values = op_fn(op)(old, values)
-    return page.at[key].set(values, mode="drop", unique_indices=True, out_sharding=out)
-
-
-def _replicated(sharding: Any) -> Any:
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
 
 
 def apply_page(page: jax.Array, delta: Delta) -> jax.Array:
@@ -560,82 +346,10 @@ def apply_page(page: jax.Array, delta: Delta) -> jax.Array:
     """
     fn = op_fn(delta.op)
     if delta.kind == "rows":
-        return _merge_rows(page, delta.indices, delta.values, delta.op, delta.unique)
+        return merge_rows(page, delta.indices, delta.values, delta.op, delta.unique)
     if delta.kind == "masked":
         return jnp.where(delta.mask, fn(page, delta.values), page)
     return fn(page, delta.values).astype(page.dtype)
-
-
-def row_sharding_of(sharding: Any, ndim: int) -> jax.sharding.NamedSharding | None:
-    """``sharding`` with its spec padded to ``ndim`` if it splits axis 0 over >1 device."""
-    if not isinstance(sharding, jax.sharding.NamedSharding) or not ndim:
-        return None
-    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
-    axes = spec[0]
-    if axes is None:
-        return None
-    axes = axes if isinstance(axes, tuple) else (axes,)
-    if int(np.prod([sharding.mesh.shape[a] for a in axes])) <= 1:
-        return None
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
-
-
-def row_sharding(page: Any) -> jax.sharding.NamedSharding | None:
-    """The page's ``NamedSharding`` if its rows (axis 0) are split over devices, else ``None``.
-
-    Works on concrete arrays and, on explicit-sharding meshes, on traced ones.
-    """
-    return row_sharding_of(page_sharding(page), page.ndim)
-
-
-def merge_rows_sharded(page: jax.Array, indices: jax.Array, values: jax.Array, op: str,
-                       sharding: jax.sharding.NamedSharding) -> jax.Array:
-    """Row merge of a row-sharded page with ``shard_map``: each device updates only its rows.
-
-    Shapes as :func:`apply_page` for a ``rows`` delta. Every device sees all ``k`` slots,
-    keeps those that fall in its block of rows (the others become padding) and runs the same
-    deterministic merge locally, so the result is bit-equal to the unsharded merge.
-    """
-    spec = sharding.spec
-    P = jax.sharding.PartitionSpec
-    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-
-    def local(block: jax.Array, idx: jax.Array, vals: jax.Array) -> jax.Array:
-        rows = block.shape[0]
-        start = lax.axis_index(axes) * rows
-        mine = (idx >= start) & (idx < start + rows)
-        with _checks_traced(False):  # checked once, below, on the global indices
-            return _merge_rows(block, jnp.where(mine, idx - start, PADDING), vals, op)
-
-    _debug_check_rows(indices, page.shape[0])
-    values_spec = P(None, *spec[1:])
-    if any(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
-        # Explicit meshes do not reshard shard_map inputs implicitly.
-        indices = jax.reshard(indices, jax.sharding.NamedSharding(sharding.mesh, P()))
-        values = jax.reshard(values, jax.sharding.NamedSharding(sharding.mesh, values_spec))
-    return jax.shard_map(
-        local, mesh=sharding.mesh, in_specs=(spec, P(), values_spec), out_specs=spec,
-    )(page, indices, values)
-
-
-def page_sharding(page: Any) -> jax.sharding.NamedSharding | None:
-    """The page's ``NamedSharding`` (concrete arrays, or traced ones on explicit meshes)."""
-    sharding = getattr(page, "sharding", None) if _is_concrete(page) else None
-    if sharding is None:
-        sharding = getattr(jax.typeof(page), "sharding", None)
-    if isinstance(sharding, jax.sharding.NamedSharding) and not sharding.mesh.empty:
-        return sharding
-    return None
-
-
-def _keep_sharding(new: jax.Array, sharding: jax.sharding.NamedSharding | None) -> jax.Array:
-    if sharding is None:
-        return new
-    if any(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
-        if jax.typeof(new).sharding.spec != sharding.spec:
-            return jax.reshard(new, sharding)
-        return new
-    return lax.with_sharding_constraint(new, sharding)
 
 
 def _apply_impl(pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array],
@@ -652,7 +366,7 @@ def _apply_impl(pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array],
             new = merge_rows_sharded(page, d.indices, d.values, d.op, split)
         else:
             new = apply_page(page, d)
-        pages[d.page] = _keep_sharding(new, sharding)
+        pages[d.page] = keep_sharding(new, sharding)
         epochs[d.page] = epochs[d.page] + jnp.int32(d.count)
     return pages, epochs
 

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mmsb_jax.core.delta import _keep_sharding
+from mmsb_jax.core._sharding import keep_sharding
 from mmsb_jax.core.graph import Derivation, Graph
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import (
@@ -246,7 +246,7 @@ def _propagate_impl(graph: Graph, dirty: tuple[str, ...], skip: str,
         if changed.get(n) is not True:
             changed[n] = flag
     held = dict(shardings)
-    out_pages = {n: _keep_sharding(pages[n], held.get(n)) for n in p.order}
+    out_pages = {n: keep_sharding(pages[n], held.get(n)) for n in p.order}
     return out_pages, epochs, {n: jnp.asarray(changed[n], bool) for n in p.order}
 
 

@@ -58,7 +58,7 @@ from jax import lax
 from jax.experimental import checkify
 
 from mmsb_jax import kernels
-from mmsb_jax.core.delta import INDEX_CHECK_TAG, PADDING
+from mmsb_jax._ops import INDEX_CHECK_TAG, PADDING
 from mmsb_jax.errors import (
     DTypeError,
     IndexOutOfRangeError,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kernel_testutil import assert_same_bits, poison_like, random_array
 
 import mmsb_jax.kernels as mk
-from mmsb_jax.core import delta as core_delta
+from mmsb_jax.core import _merge as core_merge
 from mmsb_jax.errors import DTypeError, OpError, ShapeError
 from mmsb_jax.kernels.row_merge import RowMergeConfig, prepare_rows, row_merge_pallas
 from mmsb_jax.kernels.row_merge_reference import segmented_scan
@@ -146,7 +146,7 @@ def test_merge_rows_pallas_route_matches_core(rng):
     idx = jnp.asarray(rng.integers(-1, 6, size=K).astype(np.int32))
     values = random_array(rng, (K, W), "float32")
     assert_same_bits(_guarded_add(page, idx, values),
-                     jax.jit(core_delta._merge_rows, static_argnums=3)(page, idx, values, "add"))
+                     jax.jit(core_merge.merge_rows, static_argnums=3)(page, idx, values, "add"))
 
 
 @pytest.mark.parametrize(("dtype", "op"), [("float32", "mul"), ("int32", "add"),
@@ -156,7 +156,7 @@ def test_reference_matches_core_merge(rng, dtype, op):
     idx = jnp.asarray(rng.integers(-1, 5, size=K).astype(np.int32))
     values = random_array(rng, (K, W), dtype)
     ref = jax.jit(mk.merge_rows_reference, static_argnums=3)(page, idx, values, op)
-    assert_same_bits(ref, jax.jit(core_delta._merge_rows, static_argnums=3)(
+    assert_same_bits(ref, jax.jit(core_merge.merge_rows, static_argnums=3)(
         page, idx, values, op))
 
 
@@ -164,7 +164,7 @@ def test_segmented_scan_matches_core(rng):
     seg = jnp.asarray(np.sort(rng.integers(0, 5, size=K)).astype(np.int32))
     values = random_array(rng, (K, W), "float32")
     assert_same_bits(segmented_scan(jnp.add, seg, values),
-                     core_delta.segmented_scan(jnp.add, seg, values))
+                     core_merge.segmented_scan(jnp.add, seg, values))
 
 
 @pytest.mark.parametrize("shape", [(29,), pytest.param((6, 2, 3), marks=pytest.mark.slow)])
