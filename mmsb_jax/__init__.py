@@ -7,11 +7,14 @@ from mmsb_jax import (
     adaptive,
     agents,
     apps,
+    core,
     errors,
     intention,
     kernels,
     planning,
     reasoning,
+    runtime,
+    store,
     utility,
 )
 from mmsb_jax.core import semiring
@@ -59,6 +62,7 @@ __all__ = [
     "checked",
     "changed_provenance",
     "compose",
+    "core",
     "errors",
     "init_state",
     "intention",
@@ -67,6 +71,8 @@ __all__ = [
     "propagate",
     "reasoning",
     "replay",
+    "runtime",
     "semiring",
+    "store",
     "utility",
 ]

@@ -24,6 +24,10 @@ from mmsb_jax.store.replay import apply_transaction, replay
 from mmsb_jax.store.tlog import TLog
 
 GOLDEN = Path(__file__).parent / "golden" / "small.tlog"
+# The State after replaying small.tlog from the initial state: every page's bytes, dtype and
+# epoch, stored when the golden log was written. Replay is compared against this, not against
+# another run of the same code.
+GOLDEN_STATE = Path(__file__).parent / "golden" / "small.expected.npz"
 SALT = 0x5EED5EED
 T0 = 1_700_000_000_000_000_000
 
@@ -132,6 +136,43 @@ def test_golden_replays_like_live_commits(tmp_path):
         np.testing.assert_array_equal(_bits(replayed.pages[n]), _bits(live.pages[n]))
         assert int(replayed.epochs[n]) == int(live.epochs[n])
     assert int(replayed.epochs["raw"]) == 3  # full (1) + a rows delta standing for 2
+
+
+def replay_golden(tmp_path: Path) -> mm.State:
+    log_dir = tmp_path / "golden_log"
+    log_dir.mkdir()
+    shutil.copy(GOLDEN, log_dir / "00000001.tlog")
+    with TLog.open(log_dir, readonly=True) as log:
+        return replay(mm.init_state(SCHEMA), log)
+
+
+def state_record(state: mm.State) -> dict[str, np.ndarray]:
+    """Page bytes, dtype names and epochs as plain numpy arrays (npz-safe, bfloat16 too)."""
+    out = {}
+    for n in SCHEMA.names:
+        out[f"bytes/{n}"] = _bits(state.pages[n]).copy()
+        out[f"dtype/{n}"] = np.array(str(np.asarray(state.pages[n]).dtype))
+        out[f"shape/{n}"] = np.array(np.shape(state.pages[n]), np.int64)
+        out[f"epoch/{n}"] = np.array(int(state.epochs[n]), np.int64)
+    return out
+
+
+def test_golden_replay_matches_the_stored_state(tmp_path):
+    want = np.load(GOLDEN_STATE)
+    got = state_record(replay_golden(tmp_path))
+    assert sorted(want.files) == sorted(got)
+    for key, value in got.items():
+        np.testing.assert_array_equal(want[key], value, err_msg=key)
+
+
+def test_on_disk_op_and_kind_codes_are_fixed():
+    """The codes are part of the format: never renumbered, never derived from tuple order."""
+    assert dict(fmt.OP_CODES) == {"set": 0, "add": 1, "mul": 2, "min": 3, "max": 4, "or": 5,
+                                  "and": 6}
+    assert dict(fmt.KIND_CODES) == {"rows": 0, "masked": 1, "full": 2}
+    assert set(fmt.OP_CODES) == set(mm.OPS) and set(fmt.KIND_CODES) == set(mm.KINDS)
+    body = fmt.delta_body(7, mm.Delta.full("count", np.array(5, np.int32), op="and"))
+    assert body[9:11] == bytes([fmt.KIND_CODES["full"], fmt.OP_CODES["and"]])
 
 
 def test_crc32c_known_vector():
@@ -374,3 +415,8 @@ if __name__ == "__main__":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_bytes(encode_golden())
         print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size} bytes)")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez(GOLDEN_STATE, **state_record(replay_golden(Path(tmp))))
+        print(f"wrote {GOLDEN_STATE}")
