@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 import mmsb_jax as mm
+from mmsb_jax.cli.seed_import import import_seed
 from mmsb_jax.runtime import Bus, distributed, state_at
 from mmsb_jax.store import seed
-from mmsb_jax.store.seed_import import import_seed
 
 PACKAGE_DIRS = [Path(mm.__file__).parent, Path(mm.kernels.__file__).parent]
 SCHEMA = mm.Schema([mm.PageSpec("x", (8,), "int32"), mm.PageSpec("f", (4, 3), "float32")])

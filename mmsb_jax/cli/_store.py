@@ -1,4 +1,4 @@
-"""``mmsb`` subcommands of the store layer (registered by :mod:`mmsb_jax.cli`).
+"""``mmsb`` subcommands over a store: log, replay, checkpoint and import-seed.
 
 ``mmsb log inspect|verify|repair PATH``, ``mmsb replay DIR [--to SEQ]`` and
 ``mmsb checkpoint list DIR``. Each command is one ``_add_<name>(sub)`` function that adds its
@@ -240,7 +240,7 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_seed(args: argparse.Namespace) -> int:
-    from mmsb_jax.store.seed_import import import_seed
+    from mmsb_jax.cli.seed_import import import_seed
 
     progress = {"auto": None, "on": True, "off": False}[args.progress]
     commits = import_seed(args.file, args.out, progress=progress)

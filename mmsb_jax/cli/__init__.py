@@ -1,4 +1,7 @@
-"""The ``mmsb`` command line."""
+"""The ``mmsb`` command line: ``demo``, the store's subcommands and the seed importer.
+
+It sits above every layer (it opens Buses), so nothing in the library imports it.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     # Store commands (log inspect/verify/repair, replay, checkpoint list, import-seed).
-    from mmsb_jax.store import cli_store
+    from mmsb_jax.cli import _store
 
-    cli_store.register(sub)
+    _store.register(sub)
     return parser
 
 
