@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmsb_jax._checks import check_int
 from mmsb_jax.core.delta import Delta, apply_batch
 from mmsb_jax.core.graph import Graph
 from mmsb_jax.core.pages import PageSpec, Schema, State, init_state
@@ -640,9 +641,7 @@ class World:
                 raise OptionError(f"unknown entity kind {kind!r}; known kinds: {self.kinds} "
                                   "(declare them with World(kinds=...))")
             return self.kinds.index(kind)
-        if isinstance(kind, bool) or not isinstance(kind, int | np.integer) or kind < 0:
-            raise OptionError(f"kind must be a name or an int >= 0, got {kind!r}")
-        return int(kind)
+        return check_int("kind (a name or an int)", kind, minimum=0)
 
     def add_entities(self, kind: int | str, *, pos: Any, vel: Any = 0.0,
                      radius: Any = None, mass: Any = 1.0) -> np.ndarray:

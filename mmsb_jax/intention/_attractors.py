@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmsb_jax._checks import check_number
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import DTypeError, OptionError, ShapeError
 from mmsb_jax.intention._fixed_points import (
@@ -106,9 +107,7 @@ def find_attractors(f: Callable[[jax.Array], jax.Array], x0s: Any, *,
     """
     _check_options(method, tol, max_iter)
     for name, v in (("dedup_tol", dedup_tol), ("stability_tol", stability_tol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or v < 0:
-            raise OptionError(f"{name} must be a finite number >= 0, got {v!r}")
+        check_number(name, v)
     x0s = jnp.asarray(x0s)
     if x0s.ndim < 1 or x0s.shape[0] < 1:
         raise ShapeError(f"x0s must be [B, *S] with B >= 1, got shape {tuple(x0s.shape)}")

@@ -14,7 +14,6 @@ eigenvalue of the Jacobian ``J = df/dx (x*)`` lies strictly inside the unit circ
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmsb_jax._checks import check_int, check_number
 from mmsb_jax.core.delta import Delta, apply
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import DTypeError, OptionError, ShapeError
@@ -108,12 +108,8 @@ def stability_label(code: Any) -> Any:
 def _check_options(method: str, tol: float, max_iter: int) -> None:
     if method not in METHODS:
         raise OptionError(f"unknown method {method!r}; expected one of {METHODS}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) \
-            or tol <= 0:
-        raise OptionError(f"tol must be a finite number > 0, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) \
-            or max_iter < 0:
-        raise OptionError(f"max_iter must be an int >= 0, got {max_iter!r}")
+    check_number("tol", tol, strict=True)
+    check_int("max_iter", max_iter, minimum=0)
 
 
 def _check_map(f: Callable, x0: Any, what: str = "x0") -> jax.Array:
@@ -301,9 +297,7 @@ def stability(f: Callable[[jax.Array], jax.Array], x: Any, *, tol: float = 1e-4)
     >>> stability(lambda x: r * x * (1 - x), jnp.float32(1 - 1 / r)).label
     'stable'
     """
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) \
-            or tol < 0:
-        raise OptionError(f"tol must be a finite number >= 0, got {tol!r}")
+    check_number("tol", tol)
     lam = jnp.linalg.eigvals(jacobian(f, x))
     mag = jnp.abs(lam)
     marginal = jnp.any(jnp.abs(mag - 1.0) <= tol)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from mmsb_jax._checks import check_number
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import DomainError, OptionError, ShapeError
 from mmsb_jax.utility._base import Utility, _check_weight, as_utility, weighted_sum
@@ -77,9 +77,7 @@ class Goal:
         if isinstance(w, float) and w < 0:
             raise DomainError(f"Goal.weight must be >= 0, got {w}")
         object.__setattr__(self, "weight", w)
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) \
-                or not math.isfinite(self.tol) or self.tol < 0:
-            raise OptionError(f"Goal.tol must be a finite number >= 0, got {self.tol!r}")
+        check_number("Goal.tol", self.tol)
         if self.norm not in NORMS:
             raise OptionError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
         if not self.name:

@@ -9,7 +9,6 @@ number of patterns stays well below the capacity ``~0.138 N``; the energy
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsb_jax._checks import check_number
 from mmsb_jax.errors import DomainError, ShapeError
 
 __all__ = ["hebbian_weights", "hopfield_energy", "hopfield_map"]
@@ -69,9 +69,7 @@ def hopfield_map(weights: Any, beta: float | None = None) -> Callable[[jax.Array
     w = _check_weights(weights)
     if beta is None:
         return lambda x: jnp.where(w @ x >= 0, 1.0, -1.0).astype(jnp.result_type(x))
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) \
-            or beta <= 0:
-        raise DomainError(f"beta must be a finite number > 0, got {beta!r}")
+    check_number("beta", beta, strict=True, error=DomainError)
     return lambda x: jnp.tanh(beta * (w @ x))
 
 

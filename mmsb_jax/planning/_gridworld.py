@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsb_jax._checks import check_int
 from mmsb_jax.core.delta import Delta, apply_batch
 from mmsb_jax.core.pages import PageSpec, Schema, State, init_state
 from mmsb_jax.errors import DomainError, DTypeError, IndexOutOfRangeError, OptionError, ShapeError
@@ -42,8 +43,7 @@ def gridworld_schema(height: int, width: int) -> Schema:
       OptionError: a dimension is not a positive int.
     """
     for name, n in (("height", height), ("width", width)):
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise OptionError(f"{name} must be a positive int, got {n!r}")
+        check_int(name, n, minimum=1)
     return Schema([PageSpec("pos", (2,), "int32"), PageSpec("walls", (int(height), int(width)),
                                                              "bool"),
                    PageSpec("goal", (2,), "int32")])
@@ -269,8 +269,7 @@ def random_mazes(seed: int, num: int, height: int, width: int, *, wall_density: 
       OptionError: a bad size, density or distance (e.g. one no grid of that size allows).
     """
     gridworld_schema(height, width)
-    if isinstance(num, bool) or not isinstance(num, int | np.integer) or num < 1:
-        raise OptionError(f"num must be a positive int, got {num!r}")
+    check_int("num", num, minimum=1)
     if not 0.0 <= float(wall_density) < 1.0:
         raise OptionError(f"wall_density must be in [0, 1), got {wall_density!r}")
     if not 1 <= int(min_distance) <= height + width - 2:

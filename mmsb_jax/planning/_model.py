@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmsb_jax._checks import check_int
 from mmsb_jax.core.delta import Delta, apply_batch
 from mmsb_jax.core.graph import Graph
 from mmsb_jax.core.pages import State
@@ -162,9 +163,7 @@ def delta_model(
     >>> int(s2.pages["n"]), float(r), float(d)
     (3, 1.0, 0.0)
     """
-    if isinstance(num_actions, bool) or not isinstance(num_actions, int | np.integer) \
-            or num_actions < 1:
-        raise OptionError(f"num_actions must be a positive int, got {num_actions!r}")
+    check_int("num_actions", num_actions, minimum=1)
     for name, fn in (("action_deltas", action_deltas), ("reward", reward)):
         if not callable(fn):
             raise OptionError(f"{name} must be callable, got {type(fn).__name__}")
@@ -279,9 +278,7 @@ def check_model(model: Any, example: State) -> None:
     """
     if not isinstance(model, TransitionModel):
         raise OptionError(f"expected a TransitionModel, got {type(model).__name__}")
-    if isinstance(model.num_actions, bool) or not isinstance(model.num_actions, int) \
-            or model.num_actions < 1:
-        raise OptionError(f"model.num_actions must be a positive int, got {model.num_actions!r}")
+    check_int("model.num_actions", model.num_actions, minimum=1)
     treedef, leaves = _struct(example)
     _check_model_cached(model, treedef, leaves)
 
@@ -293,10 +290,7 @@ def unbatched_example(states: State) -> State:
 
 def check_steps(num_steps: Any, what: str = "num_steps") -> int:
     """``num_steps`` as a positive int, or :class:`OptionError`."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) \
-            or num_steps < 1:
-        raise OptionError(f"{what} must be a positive int, got {num_steps!r}")
-    return int(num_steps)
+    return check_int(what, num_steps, minimum=1)
 
 
 def split_keys(key: jax.Array, n: int) -> jax.Array:

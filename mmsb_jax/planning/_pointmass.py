@@ -14,8 +14,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from mmsb_jax._checks import check_int
 from mmsb_jax.core.delta import Delta, apply_batch
 from mmsb_jax.core.pages import PageSpec, Schema, State, init_state
 from mmsb_jax.errors import OptionError, ShapeError
@@ -34,9 +34,7 @@ def point_mass_schema(num_obstacles: int = 0) -> Schema:
     Raises:
       OptionError: ``num_obstacles`` is not an int ``>= 0``.
     """
-    if isinstance(num_obstacles, bool) or not isinstance(num_obstacles, int | np.integer) \
-            or num_obstacles < 0:
-        raise OptionError(f"num_obstacles must be an int >= 0, got {num_obstacles!r}")
+    check_int("num_obstacles", num_obstacles, minimum=0)
     return Schema([PageSpec("pos", (2,)), PageSpec("vel", (2,)), PageSpec("goal", (2,)),
                    PageSpec("obstacles", (int(num_obstacles), 3))])
 

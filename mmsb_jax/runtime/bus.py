@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mmsb_jax._checks import check_int
 from mmsb_jax.core.delta import Delta
 from mmsb_jax.core.graph import Graph, changed_provenance
 from mmsb_jax.core.pages import Schema, State
@@ -526,9 +527,7 @@ class Bus:
           UnknownSeqError: ``seq`` is negative, in the future, or before the oldest data still
             held (log segments pruned and no checkpoint at or before it).
         """
-        if isinstance(seq, bool) or not isinstance(seq, int | np.integer):
-            raise UnknownSeqError(f"seq must be an int, got {type(seq).__name__}")
-        seq = int(seq)
+        seq = check_int("seq", seq, error=UnknownSeqError)
         with self._lock:
             current, state = self._seq, self._state
         if seq < 0 or seq > current:

@@ -39,6 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mmsb_jax._checks import check_int, is_int
 from mmsb_jax.core.delta import Delta
 from mmsb_jax.core.pages import Schema, State
 from mmsb_jax.errors import OptionError, SchemaMismatchError, StoreError
@@ -100,10 +101,8 @@ def initialize(coordinator: str, num_processes: int, process_id: int, *,
         process (then it is too late to join a multi-process run).
     """
     _check_coordinator(coordinator)
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise OptionError(f"num_processes must be an int >= 1, got {num_processes!r}")
-    if (isinstance(process_id, bool) or not isinstance(process_id, int)
-            or not 0 <= process_id < num_processes):
+    check_int("num_processes", num_processes, minimum=1)
+    if not is_int(process_id) or not 0 <= process_id < num_processes:
         raise OptionError(f"process_id must be an int in [0, {num_processes}), "
                           f"got {process_id!r}")
     if local_device_count is not None and (isinstance(local_device_count, bool) or not
@@ -176,8 +175,7 @@ def cpu_device_flags(count: int, env: dict[str, str] | None = None) -> dict[str,
 
     For launching worker processes: the flag must be set before JAX starts in the child.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise OptionError(f"count must be an int >= 1, got {count!r}")
+    check_int("count", count, minimum=1)
     out = dict(os.environ if env is None else env)
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", out.get("XLA_FLAGS", ""))
     out["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()

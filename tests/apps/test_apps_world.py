@@ -240,8 +240,6 @@ def test_step_compiles_once(monkeypatch):
         chex.assert_max_traces(world_mod.world_step, n=1), static_argnums=0))
     monkeypatch.setattr(world_mod, "_propagate_step_jit", jax.jit(
         chex.assert_max_traces(world_mod._propagate_step_impl, n=1), static_argnums=0))
-    monkeypatch.setattr(world_mod, "_deltas_jit",
-                        jax.jit(chex.assert_max_traces(world_mod.step_deltas, n=1)))
     w = apps.World(**SMALL)
     w.add_entities(0, pos=[[0.2, 0.2], [0.5, 0.5]], vel=[[1.0, 0.0], [0.0, 1.0]])
     for _ in range(4):
