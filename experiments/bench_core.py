@@ -107,7 +107,7 @@ def row_workloads(rows: int, width: int, ks: list[int], repeat: int) -> dict:
             else:
                 idx = rng.integers(0, rows, k).astype(np.int32)
             vals = rng.standard_normal((k, width)).astype(np.float32)
-            d = mm.Delta.rows("w", jnp.asarray(idx), jnp.asarray(vals))
+            d = jax.device_put(mm.Delta.rows("w", idx, vals))  # keeps the host-known unique flag
             holder = [mm.init_state(schema)]
 
             def run(d=d, holder=holder):

@@ -25,6 +25,7 @@ places the page on a JAX GPU device when one exists and otherwise raises
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 from typing import Any
@@ -33,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmsb_jax.core.delta import Delta, apply
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import (
     DeviceUnavailableError,
@@ -90,6 +90,18 @@ class MMSBState:
         self.running = True
         self._next_id = 1
         self._lock = threading.Lock()
+        # Host copy of each page: (the page array it mirrors, its bytes, its epoch). Valid
+        # while ``state.pages[name]`` is still that array object; refreshed otherwise (e.g.
+        # when a caller replaced ``state`` by hand).
+        self._host: dict[str, tuple[jax.Array, np.ndarray, int]] = {}
+
+    def _mirror(self, name: str) -> tuple[jax.Array, np.ndarray, int]:
+        page = self.state.pages[name]
+        entry = self._host.get(name)
+        if entry is None or entry[0] is not page:
+            entry = (page, np.array(page, dtype=np.uint8), int(self.state.epochs[name]))
+            self._host[name] = entry
+        return entry
 
     def _name(self, page_id: Any) -> str:
         pid = int(page_id.id if isinstance(page_id, CompatPage) else page_id)
@@ -168,6 +180,17 @@ def create_page(state: MMSBState, size: int = 4096, location: Any = "cpu") -> Co
     return handle
 
 
+@functools.lru_cache(maxsize=16)
+def _writer(sharding: jax.sharding.Sharding):
+    """``(bytes, epoch) -> (page, epoch + 1)`` placed on the page's sharding.
+
+    A jitted call moves the host bytes in JAX's C++ dispatch path (several times cheaper than
+    ``jax.device_put`` from Python).
+    """
+    return jax.jit(lambda new, epoch: (jnp.asarray(new), epoch + jnp.int32(1)),
+                   out_shardings=(sharding, sharding))
+
+
 def _as_bytes(data: Any, size: int) -> np.ndarray:
     if isinstance(data, bytes | bytearray | memoryview):
         arr = np.frombuffer(bytes(data), np.uint8)
@@ -186,8 +209,10 @@ def _as_bytes(data: Any, size: int) -> np.ndarray:
 def update_page(state: MMSBState, page_id: int | CompatPage, data: Any) -> bool:
     """Overwrite a page's bytes (the seed's ``update_page``).
 
-    Only the bytes that differ are written (a masked ``set`` delta); identical bytes change
-    nothing, not even the epoch.
+    Only the bytes that differ change (the masked ``set`` delta of the changed bytes, applied
+    as the equivalent full-page ``set``: the other bytes are equal); identical bytes change
+    nothing, not even the epoch. The comparison runs against a host copy of the page, so an
+    update costs one host-to-device copy and no device round trip.
 
     Args:
       state: from :func:`mmsb_start`.
@@ -200,24 +225,29 @@ def update_page(state: MMSBState, page_id: int | CompatPage, data: Any) -> bool:
     state._check_running()
     name = state._name(page_id)
     with state._lock:
-        page = state.state.pages[name]
-        new = _as_bytes(data, page.shape[0])
-        changed = np.asarray(page) != new
-        if not changed.any():
+        page, host, epoch = state._mirror(name)
+        new = _as_bytes(data, host.shape[0])
+        if np.array_equal(host, new):
             return False
-        state.state = apply(state.state, Delta.masked(name, changed, new, "set"))
+        host = new.copy()
+        new_page, new_epoch = _writer(page.sharding)(host, state.state.epochs[name])
+        state.state = state.state.with_pages({name: new_page}, {name: new_epoch})
+        state._host[name] = (new_page, host, epoch + 1)
     return True
 
 
 def query_page(state: MMSBState, page_id: int | CompatPage) -> np.ndarray:
     """The page's bytes as a fresh ``uint8[size]`` numpy array."""
     name = state._name(page_id)
-    return np.array(state.state.pages[name], dtype=np.uint8)
+    with state._lock:
+        return state._mirror(name)[1].copy()
 
 
 def page_epoch(state: MMSBState, page_id: int | CompatPage) -> int:
     """How many changing updates the page has received."""
-    return int(state.state.epochs[state._name(page_id)])
+    name = state._name(page_id)
+    with state._lock:
+        return state._mirror(name)[2]
 
 
 def mmsb_stop(state: MMSBState, checkpoint_path: str | os.PathLike | None = None) -> None:

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+import mmsb_jax as mm
 from mmsb_jax import compat, errors
 from mmsb_jax.store import seed
 
@@ -91,3 +92,25 @@ def test_huge_page_is_a_typed_error_and_ids_stay_dense():
     with pytest.raises(errors.ShapeError, match="cannot allocate"):
         compat.create_page(state, size=2**62)
     assert compat.create_page(state, size=4).id == 1
+
+
+def test_update_page_equals_the_masked_delta_and_survives_a_replaced_state():
+    """The host-mirror fast path gives the bits and epoch of the masked ``set`` delta."""
+    st = compat.mmsb_start()
+    pg = compat.create_page(st, size=64)
+    rng = np.random.default_rng(5)
+    ref = st.state
+    for _ in range(5):
+        new = rng.integers(0, 256, 64, dtype=np.uint8)
+        new[:32] = compat.query_page(st, pg)[:32]  # half the bytes unchanged
+        changed = np.asarray(ref.pages["page_1"]) != new
+        ref = mm.apply(ref, mm.Delta.masked("page_1", changed, new, "set"))
+        assert compat.update_page(st, pg, new)
+        np.testing.assert_array_equal(np.asarray(st.state.pages["page_1"]),
+                                      np.asarray(ref.pages["page_1"]))
+        assert compat.page_epoch(st, pg) == int(ref.epochs["page_1"])
+    # a caller replacing the State by hand: the host copy is refreshed, not trusted
+    st.state = mm.apply(st.state, mm.Delta.full("page_1", np.full(64, 7, np.uint8)))
+    np.testing.assert_array_equal(compat.query_page(st, pg), np.full(64, 7, np.uint8))
+    assert compat.page_epoch(st, pg) == 6
+    assert not compat.update_page(st, pg, np.full(64, 7, np.uint8))
