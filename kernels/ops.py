@@ -48,19 +48,21 @@ def _is_bool(dtype: Any) -> bool:
     return jnp.dtype(dtype) == jnp.bool_
 
 
-def check_op_dtype(op: str, dtype: Any) -> None:
+def check_op_dtype(op: str, dtype: Any, page: str | None = None) -> None:
     """Raise :class:`~mmsb_jax.errors.OpError` unless ``op`` is valid on ``dtype``.
 
-    Same rule as the core: ``or``/``and`` need bool or integer data, ``add``/``mul`` are not
-    defined on bool data.
+    The one rule of the library (core's ``check_op_dtype`` is this function): ``or``/``and``
+    need bool or integer data, ``add``/``mul`` are not defined on bool data. ``page`` names
+    the page in the message.
     """
     if op not in OPS:
         raise OpError(f"unknown op {op!r}; expected one of {OPS}")
     dtype = jnp.dtype(dtype)
+    where = "data" if page is None else f"page {page!r}"
     if op in ("or", "and") and not (_is_bool(dtype) or jnp.issubdtype(dtype, jnp.integer)):
-        raise OpError(f"op {op!r} needs bool or integer data, got {dtype}")
+        raise OpError(f"op {op!r} needs bool or integer data; {where} is {dtype}")
     if op in ("add", "mul") and _is_bool(dtype):
-        raise OpError(f"op {op!r} is not defined on bool data; use 'or'/'and'")
+        raise OpError(f"op {op!r} is not defined on bool {where}; use 'or'/'and'")
 
 
 def check_same_dtype(what: str, page: jax.Array, values: jax.Array) -> None:

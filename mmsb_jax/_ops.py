@@ -1,8 +1,10 @@
-"""Delta ops: the op table, identities and the op/dtype rule (shared by core and kernels).
+"""Delta ops for the core: the op table, identities and the op/dtype rule.
 
 ``set add mul min max or and``: ``or``/``and`` need bool or integer data, ``add``/``mul``
-are not defined on bool data. :func:`op_fn` is the one combine table (the kernels' references
-use the same one).
+are not defined on bool data. The table, the rule and the combine functions are the kernels'
+(``mmsb_jax.kernels.ops``: the kernels must not import the core, which calls into them), so
+core merges and kernel references combine values the same way; this module adds what only
+the core needs.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmsb_jax.errors import OpError
-from mmsb_jax.kernels.ops import reference_combine
+from mmsb_jax.kernels.ops import OPS, check_op_dtype, reference_combine
 
 __all__ = ["INDEX_CHECK_TAG", "OPS", "PADDING", "check_op_dtype", "identity_value", "op_fn",
            "order_independent"]
 
-OPS: tuple[str, ...] = ("set", "add", "mul", "min", "max", "or", "and")
 PADDING: int = -1
 INDEX_CHECK_TAG = "mmsb:index_out_of_range"
 
@@ -31,16 +32,6 @@ def _is_bool(dtype: Any) -> bool:
 
 def _is_int(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.integer)
-
-
-def check_op_dtype(op: str, dtype: Any, page: str = "?") -> None:
-    """Raise :class:`OpError` unless ``op`` is valid for pages of ``dtype``."""
-    if op not in OPS:
-        raise OpError(f"unknown op {op!r}; expected one of {OPS}")
-    if op in ("or", "and") and not (_is_bool(dtype) or _is_int(dtype)):
-        raise OpError(f"op {op!r} needs a bool or integer page; page {page!r} is {dtype}")
-    if op in ("add", "mul") and _is_bool(dtype):
-        raise OpError(f"op {op!r} is not defined on bool page {page!r}; use 'or'/'and'")
 
 
 def op_fn(op: str) -> Callable[[jax.Array, jax.Array], jax.Array]:

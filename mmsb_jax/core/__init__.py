@@ -2,7 +2,8 @@
 
 Nothing here touches the disk or holds mutable state: every function is a pure function of
 pytrees that runs eagerly and under ``jit``/``vmap``/``grad``. The durable store
-(:mod:`mmsb_jax.store`) and the Bus (:mod:`mmsb_jax.runtime`) are built on these.
+(:mod:`mmsb_jax.store`) and the Bus (:mod:`mmsb_jax.runtime`) are built on these. ``propagate`` is ``mm.propagate`` (the name
+``mmsb_jax.core.propagate`` stays the module).
 """
 
 from mmsb_jax.core import semiring
@@ -21,7 +22,6 @@ from mmsb_jax.core.delta import (
 )
 from mmsb_jax.core.graph import Graph, changed_provenance
 from mmsb_jax.core.pages import PageMap, PageSpec, Schema, State, init_state
-from mmsb_jax.core.propagate import propagate
 from mmsb_jax.core.transaction import (
     apply_stacked,
     apply_transaction,
@@ -50,7 +50,6 @@ __all__ = [
     "checked",
     "compose",
     "init_state",
-    "propagate",
     "semiring",
     "stack_transactions",
     "txn_structure",

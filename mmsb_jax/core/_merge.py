@@ -8,8 +8,6 @@ one gather-combine-scatter. Row-sharded pages merge per shard under ``jax.shard_
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -18,6 +16,7 @@ from jax.experimental import checkify
 from mmsb_jax import kernels
 from mmsb_jax._ops import INDEX_CHECK_TAG, PADDING, _is_bool, op_fn, order_independent
 from mmsb_jax.core._sharding import out_sharding, replicated
+from mmsb_jax.kernels.row_merge_reference import segmented_scan, sort_and_combine
 
 __all__ = ["merge_rows", "merge_rows_sharded", "resolve_rows", "segmented_scan",
            "winning_rows"]
@@ -33,11 +32,14 @@ _checks_traced = jax.make_user_context(default_value=False)
 def resolve_rows(indices: jax.Array, values: jax.Array, op: str, num_rows: int):
     """Resolve duplicate row indices deterministically.
 
+    The kernels' reference sort (:func:`mmsb_jax.kernels.row_merge_reference.sort_and_combine`)
+    is the one implementation: core merges and kernels give the same bits by construction.
+
     Args:
       indices: ``int32[k]``, ``-1`` = padding.
       values: ``[k, *row]``.
       op: the delta op; ``set`` keeps the last occurrence, other ops combine occurrences in
-        their original order (:func:`segmented_scan`).
+        their original order (a position-independent segmented scan).
       num_rows: the page's number of rows ``n``.
 
     Returns:
@@ -45,16 +47,8 @@ def resolve_rows(indices: jax.Array, values: jax.Array, op: str, num_rows: int):
       non-winning slots and padding set to ``n`` (out of range, dropped by the scatter);
       ``vals: [k, *row]`` the combined value for each winning slot.
     """
-    k = indices.shape[0]
-    key = jnp.where(indices < 0, num_rows, indices).astype(jnp.int32)
-    order = jnp.argsort(key, stable=True)
-    skey = key[order]
-    svals = values[order]
-    last = jnp.concatenate([skey[1:] != skey[:-1], jnp.ones((1,), bool)]) if k else skey < 0
-    if op != "set" and k > 1:
-        svals = segmented_scan(op_fn(op), skey, svals)
-    rows = jnp.where(last & (skey < num_rows), skey, num_rows)
-    return rows, svals
+    slots = sort_and_combine(indices, values, op, num_rows)
+    return jnp.where(slots.last & (slots.keys < num_rows), slots.keys, num_rows), slots.values
 
 
 def winning_rows(indices: jax.Array, num_rows: int) -> jax.Array:
@@ -84,40 +78,6 @@ def winning_rows(indices: jax.Array, num_rows: int) -> jax.Array:
     pos = jnp.full((num_rows,), -1, jnp.int32).at[key].max(slots, mode="drop")
     wins = pos.at[key].get(mode="fill", fill_value=-1) == slots
     return jnp.where(wins, key, num_rows)
-
-
-def segmented_scan(fn: Callable[[jax.Array, jax.Array], jax.Array], segment: jax.Array,
-                   values: jax.Array) -> jax.Array:
-    """Inclusive scan of ``fn`` within runs of equal ``segment`` ids (Hillis-Steele).
-
-    Args:
-      fn: associative binary function (applied elementwise on rows).
-      segment: ``int[k]``, equal ids contiguous (sorted).
-      values: ``[k, *row]``.
-
-    Returns:
-      ``[k, *row]``: element ``i`` = ``fn``-fold of its run up to ``i``. The combination tree
-      of each element depends only on its offset within its run, not on where the run sits in
-      the array, so a run gives the same bits whatever else is in the batch (this is what makes
-      sharded merges bit-equal to unsharded ones). ``ceil(log2 k)`` steps of ``O(k)`` work.
-    """
-    k = values.shape[0]
-    extra = (1,) * (values.ndim - 1)
-    shift = 1
-    while shift < k:
-        prev_vals = jnp.concatenate([values[:shift], values[:-shift]])
-        prev_seg = jnp.concatenate([segment[:shift] - 1, segment[:-shift]])
-        same = (prev_seg == segment).reshape((k, *extra))
-        values = jnp.where(same, fn(prev_vals, values), values)
-        shift *= 2
-    return values
-
-
-# Whether row-range checks are traced: only while ``mm.checked`` runs its function. A
-# ``checkify`` check does nothing outside ``checkify``, but it is an effect, and an effect keeps
-# every jitted function that contains it off JAX's C++ dispatch fast path. The setting is a
-# ``jax.make_user_context`` value, part of the jit cache key, so a function traced without
-# checks is traced again (with them) when it first runs under ``mm.checked``.
 
 
 def _debug_check_rows(indices: jax.Array, n: int) -> None:
