@@ -8,7 +8,8 @@
   function, :func:`make_train`), :class:`SymbolicAgent` (prioritised rules),
   :class:`PlanningAgent` (mctx over the environment's deltas), :class:`HybridAgent`
   (probability mixture of a learned agent and a guide), :class:`RandomAgent`, and
-  :func:`evaluate`.
+  :func:`evaluate`. PPO's pieces are public (:func:`gae`, :func:`ppo_loss`,
+  :func:`ppo_update`); ``make_train(..., num_agents=A)`` trains independent learners.
 * On the bus: :func:`subscribe_agent` lets an agent react to commits;
   :class:`AgentCheckpointer` saves parameters, optimiser state and bus State with Orbax.
 """
@@ -31,10 +32,15 @@ from mmsb_jax.agents._ppo import (
     ActorCritic,
     PPOConfig,
     RLAgent,
+    Rollout,
     TrainOutput,
     default_model_fn,
+    gae,
+    init_params,
     make_optimizer,
     make_train,
+    ppo_loss,
+    ppo_update,
 )
 from mmsb_jax.agents._symbolic import HybridAgent, Rule, SymbolicAgent
 
@@ -57,6 +63,7 @@ __all__ = [
     "PlanningAgent",
     "RLAgent",
     "RandomAgent",
+    "Rollout",
     "Rule",
     "SymbolicAgent",
     "TrainOutput",
@@ -65,7 +72,11 @@ __all__ = [
     "env_model",
     "evaluate",
     "from_gymnax",
+    "gae",
+    "init_params",
     "make_optimizer",
     "make_train",
+    "ppo_loss",
+    "ppo_update",
     "subscribe_agent",
 ]

@@ -7,11 +7,18 @@ environment steps (the rollout), generalised advantage estimation (a reverse ``l
 travel through the scans as a pure pytree (``nnx.split``) and are put back into the module
 with ``nnx.merge`` inside the loss. A progress bar is fed from inside the compiled loop with
 ``jax.debug.callback`` (once per update), so it costs one host call per update.
+
+This is the library's one PPO. Its pieces are pure functions: :func:`gae`, :func:`ppo_loss`
+and :func:`ppo_update` (the epochs of minibatch steps of one learner). ``make_train(...,
+num_agents=A)`` adds an agent axis for independent learners on a multi-agent environment:
+the forward pass and :func:`ppo_update` are vmapped over agents, so every agent has its own
+parameters, gradients and optimiser statistics (:func:`mmsb_jax.apps.train_ippo` is this).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -27,15 +34,8 @@ from mmsb_jax.agents._base import Agent
 from mmsb_jax.core.pages import State
 from mmsb_jax.errors import OptionError, ShapeError
 
-__all__ = [
-    "ActorCritic",
-    "PPOConfig",
-    "RLAgent",
-    "TrainOutput",
-    "default_model_fn",
-    "make_optimizer",
-    "make_train",
-]
+__all__ = ["ActorCritic", "PPOConfig", "RLAgent", "Rollout", "TrainOutput", "default_model_fn",
+           "gae", "init_params", "make_optimizer", "make_train", "ppo_loss", "ppo_update"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +180,9 @@ class TrainOutput(NamedTuple):
         ``episodes: int32[U]`` (how many ended), ``timesteps: int32[U]`` (environment steps so
         far), and the losses ``total_loss, value_loss, actor_loss, entropy: float32[U]``
         (means over the update's minibatches).
+
+    With ``make_train(..., num_agents=A)``, ``params`` and ``opt_state`` carry a leading
+    agent axis ``A`` and the losses are ``float32[U, A]``.
     """
 
     params: Any
@@ -188,13 +191,25 @@ class TrainOutput(NamedTuple):
     metrics: dict[str, jax.Array]
 
 
-class _Rollout(NamedTuple):
-    done: jax.Array  # [T, E]
-    action: jax.Array  # [T, E]
-    value: jax.Array  # [T, E]
-    reward: jax.Array  # [T, E]
-    log_prob: jax.Array  # [T, E]
-    obs: jax.Array  # [T, E, D]
+class Rollout(NamedTuple):
+    """One rollout, time-major; with an agent axis every per-agent field gains ``A``.
+
+    Attributes:
+      done: ``bool[T, E]`` episode ended at the step (``[T, E, A]``: the team's, per agent).
+      action: ``int32[T, E]`` (``[T, E, A]``).
+      value: ``float32[T, E]`` critic values (``[T, E, A]``).
+      reward: ``float32[T, E]`` (``[T, E, A]``: the team reward given to every agent).
+      log_prob: ``float32[T, E]`` log-probability of ``action`` (``[T, E, A]``).
+      obs: ``[T, E, *obs_shape]`` observations the actions were taken on
+        (``[T, E, A, *obs_shape]``).
+    """
+
+    done: jax.Array  # [T, E] or [T, E, A]
+    action: jax.Array  # [T, E] or [T, E, A]
+    value: jax.Array  # [T, E] or [T, E, A]
+    reward: jax.Array  # [T, E] or [T, E, A]
+    log_prob: jax.Array  # [T, E] or [T, E, A]
+    obs: jax.Array  # [T, E, *obs_shape] or [T, E, A, *obs_shape]
 
 
 def _obs_shape(env: Any, params: Any) -> tuple[int, ...]:
@@ -207,11 +222,35 @@ def _flatten_obs(obs: jax.Array, obs_ndim: int) -> jax.Array:
     return obs.reshape(*obs.shape[: obs.ndim - obs_ndim], -1)
 
 
-def default_model_fn(config: PPOConfig, env: Any, env_params: Any = None
-                     ) -> Callable[[jax.Array], ActorCritic]:
-    """``key -> ActorCritic`` sized for ``env`` (flattened observation size, actions)."""
+def _agent_obs_shape(env: Any, env_params: Any, num_agents: int | None) -> tuple[int, ...]:
+    """One agent's observation shape: the env's, less its leading agent axis if any."""
+    shape = _obs_shape(env, env_params)
+    if num_agents is None:
+        return shape
+    if int(num_agents) < 1:
+        raise OptionError(f"num_agents must be >= 1, got {num_agents}")
+    if len(shape) < 2 or shape[0] != int(num_agents):
+        raise OptionError(f"observations must be [A, ...] with A = num_agents = {num_agents}, "
+                          f"got {shape}")
+    return shape[1:]
+
+
+def default_model_fn(config: PPOConfig, env: Any, env_params: Any = None, *,
+                     num_agents: int | None = None) -> Callable[[jax.Array], ActorCritic]:
+    """``key -> ActorCritic`` sized for ``env`` (flattened observation size, actions).
+
+    Args:
+      config: supplies ``hidden`` and ``activation``.
+      env: the environment.
+      env_params: environment parameters (default ``env.default_params``).
+      num_agents: for a multi-agent environment (observations ``[A, *obs_shape]``), ``A``:
+        the network is one agent's, sized for ``obs_shape``.
+
+    Raises:
+      OptionError: ``num_agents`` does not match the observation's leading axis.
+    """
     env_params = env.default_params if env_params is None else env_params
-    obs_dim = int(math.prod(_obs_shape(env, env_params)))
+    obs_dim = int(math.prod(_agent_obs_shape(env, env_params, num_agents)))
     num_actions = int(env.num_actions)
 
     def model_fn(key: jax.Array) -> ActorCritic:
@@ -221,10 +260,136 @@ def default_model_fn(config: PPOConfig, env: Any, env_params: Any = None
     return model_fn
 
 
+def init_params(model_fn: Callable[[jax.Array], nnx.Module], key: jax.Array,
+                num_agents: int | None = None) -> Any:
+    """Initial parameters ``nnx.state(model_fn(key))``, or ``A`` agents' stacked.
+
+    Args:
+      model_fn: ``key -> nnx.Module``.
+      key: PRNG key (split into ``A`` keys for agents).
+      num_agents: ``A``; None for a single network.
+
+    Returns:
+      An ``nnx.State``; with ``num_agents`` every leaf has a leading axis ``A`` (agent ``a``
+      initialised from ``jax.random.split(key, A)[a]``). The agents are built one after the
+      other, not vmapped: the orthogonal initialiser calls LAPACK's QR, and that custom call
+      inside a jitted, vmapped function was seen to deadlock XLA's CPU runtime.
+    """
+    if num_agents is None:
+        return nnx.state(model_fn(key))
+    per_agent = [nnx.state(model_fn(k)) for k in jax.random.split(key, int(num_agents))]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_agent)
+
+
+def gae(rollout: Rollout, last_value: jax.Array, *, gamma: float, gae_lambda: float
+        ) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation, a reverse ``lax.scan`` over time.
+
+    Args:
+      rollout: ``done, reward, value: [T, *B]`` (``B`` = ``[E]``, or ``[E, A]`` per agent).
+      last_value: ``float32[*B]``, the value of the observation after the last step.
+      gamma: discount.
+      gae_lambda: GAE lambda.
+
+    Returns:
+      ``(advantages, targets)``, both ``float32[T, *B]``; ``targets = advantages + value``.
+    """
+    def body(carry, tr):
+        adv, next_value = carry
+        not_done = 1.0 - tr.done.astype(jnp.float32)
+        delta = tr.reward + gamma * next_value * not_done - tr.value
+        adv = delta + gamma * gae_lambda * not_done * adv
+        return (adv, tr.value), adv
+
+    _, advantages = lax.scan(body, (jnp.zeros_like(last_value), last_value), rollout,
+                             reverse=True)
+    return advantages, advantages + rollout.value
+
+
+def ppo_loss(config: PPOConfig, apply_fn: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]],
+             params: Any, batch: Rollout, advantages: jax.Array, targets: jax.Array
+             ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    """PPO's clipped objective on one minibatch of one agent.
+
+    Args:
+      config: ``clip_eps``, ``vf_coef``, ``ent_coef``.
+      apply_fn: ``(params, obs [N, *obs_shape]) -> (logits [N, A], value [N])``.
+      params: the network parameters.
+      batch: ``Rollout`` rows ``[N]`` (``done`` and ``reward`` unused).
+      advantages: ``float32[N]`` (normalised here over the minibatch).
+      targets: ``float32[N]`` value targets.
+
+    Returns:
+      ``(total, (value_loss, actor_loss, entropy))``, scalars; ``total = actor_loss +
+      vf_coef * value_loss - ent_coef * entropy`` (the value update is clipped too).
+    """
+    logits, value = apply_fn(params, batch.obs)
+    log_probs = jax.nn.log_softmax(logits)
+    log_prob = jnp.take_along_axis(log_probs, batch.action[..., None], axis=-1)[..., 0]
+    value_clipped = batch.value + jnp.clip(value - batch.value, -config.clip_eps,
+                                           config.clip_eps)
+    value_loss = 0.5 * jnp.maximum(jnp.square(value - targets),
+                                   jnp.square(value_clipped - targets)).mean()
+    ratio = jnp.exp(log_prob - batch.log_prob)
+    adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    actor_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - config.clip_eps,
+                                                    1.0 + config.clip_eps) * adv).mean()
+    entropy = -(jnp.exp(log_probs) * log_probs).sum(-1).mean()
+    total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    return total, (value_loss, actor_loss, entropy)
+
+
+def ppo_update(config: PPOConfig, tx: optax.GradientTransformation,
+               apply_fn: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]],
+               params: Any, opt_state: Any, batch: Rollout, advantages: jax.Array,
+               targets: jax.Array, key: jax.Array) -> tuple[Any, Any, tuple[jax.Array, ...]]:
+    """``update_epochs`` epochs of ``num_minibatches`` shuffled minibatch steps, one agent.
+
+    Vmap it over agents (parameters, optimiser state and data on an agent axis, ``key``
+    shared) for independent learners: :func:`make_train` does with ``num_agents``.
+
+    Args:
+      config: the PPO configuration.
+      tx: the optimiser (:func:`make_optimizer`).
+      apply_fn: as :func:`ppo_loss`.
+      params: parameters.
+      opt_state: ``tx`` state of ``params``.
+      batch: a flattened rollout, every field ``[N, ...]`` with ``N = num_envs * num_steps``.
+      advantages: ``float32[N]``.
+      targets: ``float32[N]``.
+      key: PRNG key of the shuffles.
+
+    Returns:
+      ``(params, opt_state, (total, value_loss, actor_loss, entropy))``, the losses
+      ``float32[update_epochs, num_minibatches]``.
+    """
+    grad_fn = jax.value_and_grad(functools.partial(ppo_loss, config, apply_fn), has_aux=True)
+    n = advantages.shape[0]
+
+    def epoch(carry, key):
+        perm = jax.random.permutation(key, n)
+        shuffled = jax.tree.map(
+            lambda x: x[perm].reshape(config.num_minibatches, -1, *x.shape[1:]),
+            (batch, advantages, targets))
+
+        def minibatch(carry, mb):
+            params, opt_state = carry
+            (loss, aux), grads = grad_fn(params, *mb)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state), (loss, *aux)
+
+        return lax.scan(minibatch, carry, shuffled)
+
+    (params, opt_state), losses = lax.scan(epoch, (params, opt_state),
+                                           jax.random.split(key, config.update_epochs))
+    return params, opt_state, losses
+
+
 def make_train(config: PPOConfig, env: Any, env_params: Any = None, *,
                model_fn: Callable[[jax.Array], nnx.Module] | None = None,
                progress: Callable[[Any, Any], Any] | None = None,
-               ) -> Callable[..., TrainOutput]:
+               num_agents: int | None = None) -> Callable[..., TrainOutput]:
     """Build ``train(key, params=None, opt_state=None) -> TrainOutput``, one jittable function.
 
     Args:
@@ -239,17 +404,27 @@ def make_train(config: PPOConfig, env: Any, env_params: Any = None, *,
       progress: called on the host after every update as ``progress(update, episode_return)``
         (``int32[]`` update index from 0, ``float32[]`` mean return of the episodes that ended,
         NaN if none) through ``jax.debug.callback``.
+      num_agents: the optional agent axis: ``A`` independent learners (IPPO) on a
+        multi-agent ``env`` whose observations are ``[A, *obs_shape]``, actions ``int32[A]``
+        and reward the team's ``float32[]``. Every agent has its own network parameters and
+        optimiser state (leading axis ``A``), acts on its own observation, and learns from the
+        team reward; :func:`ppo_update` (and so the loss and gradients) is vmapped over agents,
+        with the minibatch shuffles shared. None (default): one agent.
 
     Returns:
       ``train(key, params=None, opt_state=None)``: ``key`` is split into an initialisation
-      key (used when ``params`` is None: ``model_fn(init_key)``) and a run key; ``opt_state``
+      key (used when ``params`` is None: :func:`init_params`) and a run key; ``opt_state``
       defaults to a fresh optimiser state. Wrap it in ``jax.jit``: the whole run is one
-      compiled computation. Observations are flattened to ``[D]``.
+      compiled computation. Observations are flattened to ``[D]`` (per agent).
+
+    Raises:
+      OptionError: ``num_agents`` is not ``>= 1`` or is not the observation's leading axis.
     """
     env_params = env.default_params if env_params is None else env_params
-    model_fn = default_model_fn(config, env, env_params) if model_fn is None else model_fn
+    obs_ndim = len(_agent_obs_shape(env, env_params, num_agents))
+    if model_fn is None:
+        model_fn = default_model_fn(config, env, env_params, num_agents=num_agents)
     graphdef, _ = nnx.split(model_fn(jax.random.key(0)))
-    obs_ndim = len(_obs_shape(env, env_params))
     tx = make_optimizer(config)
     num_envs, num_steps = config.num_envs, config.num_steps
     batch = num_envs * num_steps
@@ -257,30 +432,24 @@ def make_train(config: PPOConfig, env: Any, env_params: Any = None, *,
     def network(params: Any, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         return nnx.merge(graphdef, params)(_flatten_obs(obs, obs_ndim))
 
-    def loss_fn(params: Any, mb: _Rollout, advantages: jax.Array, targets: jax.Array):
-        logits, value = network(params, mb.obs)
-        log_probs = jax.nn.log_softmax(logits)
-        log_prob = jnp.take_along_axis(log_probs, mb.action[..., None], axis=-1)[..., 0]
-        value_clipped = mb.value + jnp.clip(value - mb.value, -config.clip_eps,
-                                            config.clip_eps)
-        value_loss = 0.5 * jnp.maximum(jnp.square(value - targets),
-                                       jnp.square(value_clipped - targets)).mean()
-        ratio = jnp.exp(log_prob - mb.log_prob)
-        adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        actor_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - config.clip_eps,
-                                                        1.0 + config.clip_eps) * adv).mean()
-        entropy = -(jnp.exp(log_probs) * log_probs).sum(-1).mean()
-        total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-        return total, (value_loss, actor_loss, entropy)
+    act_fn, init_opt = network, tx.init
+    update_fn = functools.partial(ppo_update, config, tx, network)
+    if num_agents is not None:
+        # Agent a: params[a] on obs[:, a]. Rollout fields [T, E, A, ...] are flattened to
+        # [T * E, A, ...] and the update is vmapped over their axis 1.
+        act_fn = jax.vmap(network, in_axes=(0, 1), out_axes=1)
+        init_opt = jax.vmap(tx.init)
+        update_fn = jax.vmap(update_fn, in_axes=(0, 0, 1, 1, 1, None))
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    def flatten(x: jax.Array) -> jax.Array:
+        return x.reshape(batch, *x.shape[2:])
 
     def train(key: jax.Array, params: Any = None, opt_state: Any = None) -> TrainOutput:
         init_key, key = jax.random.split(key)
         if params is None:
-            params = nnx.state(model_fn(init_key))
+            params = init_params(model_fn, init_key, num_agents)
         if opt_state is None:
-            opt_state = tx.init(params)
+            opt_state = init_opt(params)
         reset_key, key = jax.random.split(key)
         obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, num_envs),
                                                         env_params)
@@ -289,30 +458,22 @@ def make_train(config: PPOConfig, env: Any, env_params: Any = None, *,
         def env_step(carry, step_key):
             params, env_state, obs, ep_return = carry
             act_key, env_key = jax.random.split(step_key)
-            logits, value = network(params, obs)
+            logits, value = act_fn(params, obs)
             action = jax.random.categorical(act_key, logits).astype(jnp.int32)
-            log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None],
-                                           axis=-1)[:, 0]
+            log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None],
+                                           axis=-1)[..., 0]
             next_obs, env_state, reward, done, _ = jax.vmap(env.step, (0, 0, 0, None))(
                 jax.random.split(env_key, num_envs), env_state, action, env_params)
             reward = reward.astype(jnp.float32)
             ep_return = ep_return + reward
             finished = jnp.where(done, ep_return, 0.0)
             ep_return = jnp.where(done, 0.0, ep_return)
-            tr = _Rollout(done, action, value, reward, log_prob, obs)
+            if num_agents is None:
+                tr = Rollout(done, action, value, reward, log_prob, obs)
+            else:  # the team's reward and episode end, given to every agent
+                tr = Rollout(jnp.broadcast_to(done[:, None], value.shape), action, value,
+                             jnp.broadcast_to(reward[:, None], value.shape), log_prob, obs)
             return (params, env_state, next_obs, ep_return), (tr, finished)
-
-        def gae(rollout: _Rollout, last_value: jax.Array):
-            def body(carry, tr):
-                adv, next_value = carry
-                not_done = 1.0 - tr.done.astype(jnp.float32)
-                delta = tr.reward + config.gamma * next_value * not_done - tr.value
-                adv = delta + config.gamma * config.gae_lambda * not_done * adv
-                return (adv, tr.value), adv
-
-            _, advantages = lax.scan(body, (jnp.zeros_like(last_value), last_value), rollout,
-                                     reverse=True)
-            return advantages, advantages + rollout.value
 
         def update(carry, xs):
             params, opt_state, env_state, obs, ep_return = carry
@@ -321,34 +482,20 @@ def make_train(config: PPOConfig, env: Any, env_params: Any = None, *,
             (params, env_state, obs, ep_return), (rollout, finished) = lax.scan(
                 env_step, (params, env_state, obs, ep_return),
                 jax.random.split(rollout_key, num_steps))
-            _, last_value = network(params, obs)
-            advantages, targets = gae(rollout, last_value)
-
-            def epoch(carry, key):
-                params, opt_state = carry
-                perm = jax.random.permutation(key, batch)
-                flat = jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:]),
-                                    (rollout, advantages, targets))
-                shuffled = jax.tree.map(
-                    lambda x: x[perm].reshape(config.num_minibatches, -1, *x.shape[1:]), flat)
-
-                def minibatch(carry, mb):
-                    params, opt_state = carry
-                    (loss, aux), grads = grad_fn(params, *mb)
-                    updates, opt_state = tx.update(grads, opt_state, params)
-                    params = optax.apply_updates(params, updates)
-                    return (params, opt_state), (loss, *aux)
-
-                return lax.scan(minibatch, (params, opt_state), shuffled)
-
-            (params, opt_state), losses = lax.scan(
-                epoch, (params, opt_state), jax.random.split(perm_key, config.update_epochs))
-            episodes = rollout.done.sum().astype(jnp.int32)
+            _, last_value = act_fn(params, obs)
+            advantages, targets = gae(rollout, last_value, gamma=config.gamma,
+                                      gae_lambda=config.gae_lambda)
+            params, opt_state, losses = update_fn(
+                params, opt_state, *jax.tree.map(flatten, (rollout, advantages, targets)),
+                perm_key)
+            done = rollout.done if num_agents is None else rollout.done[..., 0]
+            episodes = done.sum().astype(jnp.int32)
             mean_return = jnp.where(episodes > 0, finished.sum() / jnp.maximum(episodes, 1),
                                     jnp.nan)
             if progress is not None:
                 jax.debug.callback(progress, update_idx, mean_return)
-            total, value_loss, actor_loss, entropy = (x.mean() for x in losses)
+            # [epochs, minibatches], or [A, epochs, minibatches] -> [] or [A]
+            total, value_loss, actor_loss, entropy = (x.mean(axis=(-2, -1)) for x in losses)
             metrics = dict(episode_return=mean_return, episodes=episodes,
                            timesteps=(update_idx + 1) * batch, total_loss=total,
                            value_loss=value_loss, actor_loss=actor_loss, entropy=entropy)

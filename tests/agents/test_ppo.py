@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -163,3 +165,70 @@ def test_solves_cartpole(cartpole_env):
     agent.train(jax.random.key(0))
     result = ag.evaluate(agent, env, params, jax.random.key(1), num_episodes=100, greedy=True)
     assert result.mean_return >= 475.0
+
+
+def _numpy_gae(reward, value, done, last_value, gamma, lam):
+    adv = np.zeros_like(value)
+    next_adv, next_value = np.zeros_like(last_value), last_value
+    for t in reversed(range(reward.shape[0])):
+        not_done = 1.0 - done[t]
+        delta = reward[t] + gamma * next_value * not_done - value[t]
+        next_adv = delta + gamma * lam * not_done * next_adv
+        adv[t], next_value = next_adv, value[t]
+    return adv
+
+
+def test_gae_matches_a_reference_with_and_without_an_agent_axis():
+    rng = np.random.default_rng(0)
+    for shape in ((6, 3), (6, 3, 2)):  # [T, E] and [T, E, A]
+        reward, value = (rng.normal(size=shape).astype(np.float32) for _ in range(2))
+        done = rng.random(shape) < 0.3
+        last = rng.normal(size=shape[1:]).astype(np.float32)
+        tr = ag.Rollout(done=jnp.asarray(done), action=jnp.zeros(shape, jnp.int32),
+                        value=jnp.asarray(value), reward=jnp.asarray(reward),
+                        log_prob=jnp.zeros(shape), obs=jnp.zeros((*shape, 1)))
+        adv, targets = jax.jit(lambda tr, v: ag.gae(tr, v, gamma=0.9, gae_lambda=0.8))(
+            tr, jnp.asarray(last))
+        want = _numpy_gae(reward, value, done.astype(np.float32), last, 0.9, 0.8)
+        np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(targets, want + value, rtol=1e-5, atol=1e-6)
+
+
+def test_ppo_update_vmapped_over_agents_is_independent_learners():
+    cfg = ag.PPOConfig(num_envs=2, num_steps=8, total_timesteps=16, num_minibatches=2,
+                       update_epochs=2, hidden=8)
+    model_fn = lambda k: ag.ActorCritic(3, 4, hidden=8, rngs=nnx.Rngs(params=k))
+    graphdef = nnx.split(model_fn(jax.random.key(0)))[0]
+    apply_fn = lambda p, o: nnx.merge(graphdef, p)(o)
+    tx = ag.make_optimizer(cfg)
+    agents = 3
+    params = ag.init_params(model_fn, jax.random.key(1), agents)
+    assert all(x.shape[0] == agents for x in jax.tree.leaves(params))
+    n = cfg.num_envs * cfg.num_steps
+    keys = jax.random.split(jax.random.key(2), 5)
+    batch = ag.Rollout(done=jnp.zeros((agents, n), bool),
+                       action=jax.random.randint(keys[0], (agents, n), 0, 4),
+                       value=jax.random.normal(keys[1], (agents, n)),
+                       reward=jnp.zeros((agents, n)),
+                       log_prob=jnp.full((agents, n), -np.log(4.0)),
+                       obs=jax.random.normal(keys[2], (agents, n, 3)))
+    adv, targets = jax.random.normal(keys[3], (2, agents, n))
+    update = functools.partial(ag.ppo_update, cfg, tx, apply_fn)
+    opt = jax.vmap(tx.init)(params)
+    vp, _, vl = jax.jit(jax.vmap(update, (0, 0, 0, 0, 0, None)))(params, opt, batch, adv,
+                                                                  targets, keys[4])
+    assert vl[0].shape == (agents, cfg.update_epochs, cfg.num_minibatches)
+    for a in range(agents):
+        one = lambda x, a=a: x[a]
+        pa, _, la = jax.jit(update)(jax.tree.map(one, params), jax.tree.map(one, opt),
+                                    jax.tree.map(one, batch), adv[a], targets[a], keys[4])
+        chex.assert_trees_all_close(jax.tree.map(one, vp), pa, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(vl[0][a], la[0], rtol=1e-5, atol=1e-6)
+
+
+def test_make_train_agent_axis_checks_the_observation(cartpole_env):
+    env, params = cartpole_env
+    with pytest.raises(OptionError, match=r"\[A, \.\.\.\]"):
+        ag.make_train(TINY, env, params, num_agents=4)
+    with pytest.raises(OptionError, match="num_agents"):
+        ag.make_train(TINY, env, params, num_agents=0)
