@@ -27,12 +27,13 @@ from mmsb_jax.core.transaction import (
     txn_structure,
 )
 from mmsb_jax.errors import GraphError, MMSBError, SchemaMismatchError
+from mmsb_jax.store.checkpoint import CheckpointStore
 from mmsb_jax.store.format import TxnLayout
 
 if TYPE_CHECKING:
     from mmsb_jax.core.graph import Graph
 
-__all__ = ["CommitPlan", "Pipeline", "Run", "as_transaction", "resolve_schema"]
+__all__ = ["CommitPlan", "Pipeline", "Run", "StateHolder", "as_transaction", "resolve_schema"]
 
 _MAX_PLANS = 1024
 
@@ -201,6 +202,32 @@ class Pipeline:
         new = jax.device_get([after.epochs[n] for n in affected])
         old = jax.device_get([before.epochs[n] for n in affected])
         return tuple(n for n, a, b in zip(affected, new, old, strict=True) if a != b)
+
+
+class StateHolder:
+    """What the Bus and the Follower share: a current State, its seq and a checkpoint store.
+
+    Subclasses set ``_state``, ``_seq`` and ``_ckpts``.
+    """
+
+    _state: State
+    _seq: int
+    _ckpts: CheckpointStore
+
+    @property
+    def state(self) -> State:
+        """The current State (immutable; later commits produce new States)."""
+        return self._state
+
+    @property
+    def seq(self) -> int:
+        """Seq of the last commit (0 before the first)."""
+        return self._seq
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        """The checkpoint store (``DIR/checkpoints``)."""
+        return self._ckpts
 
 
 def _at(position: int, check: Callable[[], CommitPlan | None]) -> CommitPlan | None:

@@ -54,6 +54,7 @@ from mmsb_jax.runtime._pipeline import (
     CommitPlan,
     Pipeline,
     Run,
+    StateHolder,
     as_transaction,
     resolve_schema,
 )
@@ -120,7 +121,7 @@ class Subscription:
     __call__ = unsubscribe
 
 
-class Bus:
+class Bus(StateHolder):
     """A durable state bus in one directory: a transaction log, checkpoints and a live State.
 
     Open with :meth:`Bus.open`; see the module docstring for an example. Each Bus owns its
@@ -237,16 +238,6 @@ class Bus:
 
     # -- properties -------------------------------------------------------------------------
     @property
-    def state(self) -> State:
-        """The current State (immutable; later commits produce new States)."""
-        return self._state
-
-    @property
-    def seq(self) -> int:
-        """Seq of the last commit (0 before the first)."""
-        return self._seq
-
-    @property
     def sync_policy(self) -> str:
         """The log's sync policy."""
         return self._tlog.sync_policy
@@ -255,11 +246,6 @@ class Bus:
     def log(self) -> TLog:
         """The underlying transaction log."""
         return self._tlog
-
-    @property
-    def checkpoints(self) -> CheckpointStore:
-        """The checkpoint store (``DIR/checkpoints``)."""
-        return self._ckpts
 
     @property
     def closed(self) -> bool:

@@ -43,7 +43,7 @@ from mmsb_jax._checks import check_int, is_int
 from mmsb_jax.core.delta import Delta
 from mmsb_jax.core.pages import Schema, State
 from mmsb_jax.errors import OptionError, SchemaMismatchError, StoreError
-from mmsb_jax.runtime._pipeline import Pipeline, as_transaction, resolve_schema
+from mmsb_jax.runtime._pipeline import Pipeline, StateHolder, as_transaction, resolve_schema
 from mmsb_jax.runtime.bus import Bus, CommitInfo
 from mmsb_jax.store.checkpoint import CheckpointStore
 from mmsb_jax.store.recovery import recover
@@ -207,7 +207,7 @@ def gather(page: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(page, tiled=True))
 
 
-class Follower:
+class Follower(StateHolder):
     """The Bus of a process that is not the coordinator: it commits without writing the log.
 
     A follower keeps the same global State as the coordinator's :class:`~mmsb_jax.Bus` by
@@ -262,21 +262,6 @@ class Follower:
             return cls(directory, tlog.schema, graph, ckpts, state, seq,
                        checkpoint_every=None if checkpoint_every is None
                        else int(checkpoint_every))
-
-    @property
-    def state(self) -> State:
-        """The current State (the same global arrays as the coordinator's)."""
-        return self._state
-
-    @property
-    def seq(self) -> int:
-        """Seq of the last commit (0 before the first)."""
-        return self._seq
-
-    @property
-    def checkpoints(self) -> CheckpointStore:
-        """The checkpoint store (``DIR/checkpoints``)."""
-        return self._ckpts
 
     def commit(self, deltas: Delta | Sequence[Delta]) -> CommitInfo:
         """Apply one transaction exactly as the coordinator's ``Bus.commit`` does, unlogged.
