@@ -2,8 +2,8 @@
 
 Nothing here touches the disk or holds mutable state: every function is a pure function of
 pytrees that runs eagerly and under ``jit``/``vmap``/``grad``. The durable store
-(:mod:`mmsb_jax.store`) and the Bus (:mod:`mmsb_jax.runtime`) are built on these. ``propagate`` is ``mm.propagate`` (the name
-``mmsb_jax.core.propagate`` stays the module).
+(:mod:`mmsb_jax.store`) and the Bus (:mod:`mmsb_jax.runtime`) are built on these.
+``propagate`` is ``mm.propagate`` (the name ``mmsb_jax.core.propagate`` stays the module).
 """
 
 from mmsb_jax.core import semiring

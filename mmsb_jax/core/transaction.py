@@ -260,15 +260,17 @@ class TransactionRunner:
                 ) -> None:
         """Apply transactions of one structure, already stacked (:func:`stack_transactions`).
 
-        The run is applied in power-of-two chunks as :meth:`add` would; ``stacked`` (None for
-        a single transaction) saves stacking them again.
+        The run is applied in power-of-two chunks as :meth:`add` would; ``stacked`` saves
+        stacking them again. With ``stacked=None`` the transactions are applied one by one.
         """
         self.flush()
         self.key = None
         if stacked is None or not txns[0]:
-            for t in txns:
-                self.add(t)
-            self.flush()
+            for t in txns:  # one by one, as given (not re-stacked)
+                if t:
+                    self._apply_chunk([t])
+                elif self.record_epochs:
+                    self.epochs.append((1, {}))
             return
         per = max(1, txn_nbytes(txns[0]))
         cap = max(1, min(self.max_chunk, self.chunk_bytes // per))

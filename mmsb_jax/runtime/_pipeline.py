@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["CommitPlan", "Pipeline", "Run", "StateHolder", "as_transaction", "resolve_schema"]
 
 _MAX_PLANS = 1024
+#: Transactions of more value bytes than this are not stacked into a scan by commit_many.
+STACK_MAX_TXN_BYTES = 64 << 10
 
 
 def resolve_schema(schema: Schema | None, graph: Graph | None) -> Schema | None:
@@ -81,7 +83,7 @@ class Run:
       start, stop: positions in the batch.
       plan: their shared :class:`CommitPlan`.
       stacked: their deltas stacked position by position (leaves ``[stop - start, ...]``),
-        or None for a run of one transaction.
+        or None for a run of one transaction or of large transactions (applied one by one).
     """
 
     start: int
@@ -150,7 +152,12 @@ class Pipeline:
                 j += 1
             plan = _at(i, lambda i=i: self.prepare(state, txns[i]))
             stacked = None
-            if j - i > 1 and txns[i]:
+            if j - i > 1 and txns[i] and plan.nbytes_applied > STACK_MAX_TXN_BYTES:
+                # Large transactions gain nothing from a scan and lose a copy to stacking:
+                # validated, logged and applied one by one.
+                for k in range(i + 1, j):
+                    _at(k, lambda k=k: self.prepare(state, txns[k]))
+            elif j - i > 1 and txns[i]:
                 stacked = stack_transactions(txns[i:j])
                 for pos, rows in plan.row_checks:
                     idx = stacked[pos].indices

@@ -424,7 +424,8 @@ class Bus(StateHolder):
                     parts += [fmt.encode_transaction(salt, first + i, [], (), ts)
                               for i in range(run.start, run.stop)]
                 elif run.stacked is None:
-                    parts.append(layout.encode(salt, first + run.start, txns[run.start], ts))
+                    parts += [layout.encode(salt, first + i, txns[i], ts)
+                              for i in range(run.start, run.stop)]
                 else:
                     parts.append(layout.encode_run(salt, first + run.start, run.stacked, ts))
             return b"".join(parts)

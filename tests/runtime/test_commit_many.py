@@ -314,3 +314,22 @@ def test_donating_bus_gives_the_same_states_and_deletes_old_pages(tmp_path):
         bus.subscribe("x", lambda info, st: seen.append(np.asarray(st.pages["x"]).copy()))
         bus.commit_many([rows_add(100), rows_add(101)])  # stepwise: callbacks see live states
         assert len(seen) == 2 and not np.array_equal(seen[0], seen[1])
+
+
+def test_large_transactions_are_applied_one_by_one(tmp_path):
+    """Above STACK_MAX_TXN_BYTES a run is not stacked; results and log stay the same."""
+    from mmsb_jax.runtime import _pipeline
+
+    schema = mm.Schema([mm.PageSpec("big", (40_000,), "float32")])
+    rng = np.random.default_rng(0)
+    txns = [mm.Delta.full("big", rng.standard_normal(40_000).astype(np.float32), "add")
+            for _ in range(3)]
+    assert 40_000 * 4 > _pipeline.STACK_MAX_TXN_BYTES
+    with mm.Bus.open(tmp_path / "a", schema, sync="never") as a, \
+            mm.Bus.open(tmp_path / "b", schema, sync="never") as b:
+        infos = a.commit_many(txns)
+        for t in txns:
+            b.commit(t)
+        states_equal(a.state, b.state)
+        assert [i.seq for i in infos] == [1, 2, 3]
+        states_equal(a.at(2), b.at(2))
