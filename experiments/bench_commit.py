@@ -80,71 +80,75 @@ def raw_scatter():
 
 def size_sweep(sizes: list[int], tmp: Path, budget: float, rounds: int) -> list[dict]:
     rng = np.random.default_rng(0)
-    out = []
-    for nbytes in tqdm(sizes, desc="delta sizes"):
-        k = max(1, nbytes // ROW)
-        rows = max(2 * k, (1 << 20) // ROW)  # page: at least 1 MiB, twice the delta
-        schema = mm.Schema([mm.PageSpec("p", (rows, ROW), "uint8")])
-        idx = np.sort(rng.choice(rows, k, replace=False)).astype(np.int32)
-        vals = rng.integers(0, 255, (k, ROW), dtype=np.uint8)
-        d = mm.Delta.rows("p", idx, vals, "add")
-        raw = raw_scatter()
-        page = [jnp.zeros((rows, ROW), jnp.uint8)]
-        di, dv = jnp.asarray(idx), jnp.asarray(vals)
-        npage = np.zeros((rows, ROW), np.uint8)
-        state = [mm.init_state(schema)]
-        buses = {name: mm.Bus.open(tmp / f"{name}{nbytes}", schema, sync="never", donate=don,
-                                   segment_bytes=1 << 30)
-                 for name, don in (("commit", False), ("commit_donate", True))}
-        batch = max(1, min(256, (4 << 20) // max(nbytes, 1)))
-        many = mm.Bus.open(tmp / f"many{nbytes}", schema, sync="never", donate=True,
-                           segment_bytes=1 << 30)
-        txns = [d] * batch
+    return [one_size(nbytes, tmp, budget, rounds, rng)
+            for nbytes in tqdm(sizes, desc="delta sizes")]
 
-        def block_page():
-            page[0].block_until_ready()
 
-        def run_raw_dev():
-            page[0] = raw(page[0], di, dv)
+def one_size(nbytes: int, tmp: Path, budget: float, rounds: int,
+             rng: np.random.Generator) -> dict:
+    """Every method on one delta size (sorted distinct rows of ``ROW`` bytes, ``add``)."""
+    k = max(1, nbytes // ROW)
+    rows = max(2 * k, (1 << 20) // ROW)  # page: at least 1 MiB, twice the delta
+    schema = mm.Schema([mm.PageSpec("p", (rows, ROW), "uint8")])
+    idx = np.sort(rng.choice(rows, k, replace=False)).astype(np.int32)
+    vals = rng.integers(0, 255, (k, ROW), dtype=np.uint8)
+    d = mm.Delta.rows("p", idx, vals, "add")
+    raw = raw_scatter()
+    page = [jnp.zeros((rows, ROW), jnp.uint8)]
+    di, dv = jnp.asarray(idx), jnp.asarray(vals)
+    npage = np.zeros((rows, ROW), np.uint8)
+    state = [mm.init_state(schema)]
+    buses = {name: mm.Bus.open(tmp / f"{name}{nbytes}", schema, sync="never", donate=don,
+                               segment_bytes=1 << 30)
+             for name, don in (("commit", False), ("commit_donate", True))}
+    batch = max(1, min(256, (4 << 20) // max(nbytes, 1)))
+    many = mm.Bus.open(tmp / f"many{nbytes}", schema, sync="never", donate=True,
+                       segment_bytes=1 << 30)
+    txns = [d] * batch
 
-        def run_raw_host():
-            page[0] = raw(page[0], idx, vals)
+    def block_page():
+        page[0].block_until_ready()
 
-        def run_numpy():
-            npage[idx] += vals
+    def run_raw_dev():
+        page[0] = raw(page[0], di, dv)
 
-        def run_apply():
-            state[0] = mm.apply(state[0], d)
+    def run_raw_host():
+        page[0] = raw(page[0], idx, vals)
 
-        budget_big = budget if nbytes <= (1 << 20) else budget / 4
-        fns = {
-            "numpy": lambda: per_call(run_numpy, budget_s=budget_big, repeat=1),
-            "raw_jit_device_inputs": lambda: per_call(run_raw_dev, budget_s=budget_big,
-                                                      repeat=1, sync=block_page),
-            "raw_jit_host_inputs": lambda: per_call(run_raw_host, budget_s=budget_big,
-                                                    repeat=1, sync=block_page),
-            "apply_eager": lambda: per_call(run_apply, budget_s=budget_big, repeat=1,
-                                            sync=lambda: jax.block_until_ready(state[0].pages)),
-        }
-        for name, bus in buses.items():
-            fns[f"bus_{name}"] = (lambda bus=bus: per_call(
-                lambda: bus.commit(d), budget_s=budget_big, repeat=1,
-                sync=lambda: jax.block_until_ready(bus.state.pages)))
-        fns["bus_commit_many_per_txn"] = lambda: per_call(
-            lambda: many.commit_many(txns), budget_s=budget_big, repeat=1,
-            sync=lambda: jax.block_until_ready(many.state.pages)) / batch
-        res = interleave(fns, rounds)
-        for b in (*buses.values(), many):
-            b.close()
-            shutil.rmtree(b.directory)  # the big sizes log gigabytes
-        row = {"delta_bytes": k * ROW, "rows": k, "page_bytes": rows * ROW, "batch": batch,
-               "us": {m: t * 1e6 for m, t in res.items()}}
-        base = res["raw_jit_device_inputs"]
-        row["ratio_vs_raw_device"] = {m: t / base for m, t in res.items()}
-        row["ratio_vs_raw_host"] = {m: t / res["raw_jit_host_inputs"] for m, t in res.items()}
-        row["ratio_vs_numpy"] = {m: t / res["numpy"] for m, t in res.items()}
-        out.append(row)
-    return out
+    def run_numpy():
+        npage[idx] += vals
+
+    def run_apply():
+        state[0] = mm.apply(state[0], d)
+
+    budget_big = budget if nbytes <= (1 << 20) else budget / 4
+    fns = {
+        "numpy": lambda: per_call(run_numpy, budget_s=budget_big, repeat=1),
+        "raw_jit_device_inputs": lambda: per_call(run_raw_dev, budget_s=budget_big,
+                                                  repeat=1, sync=block_page),
+        "raw_jit_host_inputs": lambda: per_call(run_raw_host, budget_s=budget_big,
+                                                repeat=1, sync=block_page),
+        "apply_eager": lambda: per_call(run_apply, budget_s=budget_big, repeat=1,
+                                        sync=lambda: jax.block_until_ready(state[0].pages)),
+    }
+    for name, bus in buses.items():
+        fns[f"bus_{name}"] = (lambda bus=bus: per_call(
+            lambda: bus.commit(d), budget_s=budget_big, repeat=1,
+            sync=lambda: jax.block_until_ready(bus.state.pages)))
+    fns["bus_commit_many_per_txn"] = lambda: per_call(
+        lambda: many.commit_many(txns), budget_s=budget_big, repeat=1,
+        sync=lambda: jax.block_until_ready(many.state.pages)) / batch
+    res = interleave(fns, rounds)
+    for b in (*buses.values(), many):
+        b.close()
+        shutil.rmtree(b.directory)  # the big sizes log gigabytes
+    row = {"delta_bytes": k * ROW, "rows": k, "page_bytes": rows * ROW, "batch": batch,
+           "us": {m: t * 1e6 for m, t in res.items()}}
+    base = res["raw_jit_device_inputs"]
+    row["ratio_vs_raw_device"] = {m: t / base for m, t in res.items()}
+    row["ratio_vs_raw_host"] = {m: t / res["raw_jit_host_inputs"] for m, t in res.items()}
+    row["ratio_vs_numpy"] = {m: t / res["numpy"] for m, t in res.items()}
+    return row
 
 
 def targets(tmp: Path, budget: float, rounds: int) -> dict:
@@ -186,7 +190,7 @@ def targets(tmp: Path, budget: float, rounds: int) -> dict:
             "bus_commit_donate": lambda bus=bus_d, idx=idx, vals=vals: per_call(
                 lambda: bus.commit(mm.Delta.rows("raw", idx, vals, "add")), budget_s=budget,
                 repeat=1, sync=lambda: jax.block_until_ready(bus.state.pages)),
-            "apply_eager_prebuilt_delta": lambda: per_call(
+            "apply_eager_prebuilt_delta": lambda state=state, run_apply=run_apply: per_call(
                 run_apply, budget_s=budget, repeat=1,
                 sync=lambda: jax.block_until_ready(state[0].pages)),
         }, rounds)
