@@ -218,7 +218,8 @@ def _relative(path: Path, start: Path) -> str:
 def build(results_dir: Path, out_path: Path, img_dir: Path) -> str:
     """Write ``out_path`` from the JSON files in ``results_dir``; returns the markdown."""
     doc_dir = out_path.parent
-    files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
+    files = (sorted(p for p in results_dir.glob("*.json") if not p.stem.endswith("_quick"))
+             if results_dir.is_dir() else [])  # --quick smoke runs are not results
     lines = [
         "# Performance",
         "",
