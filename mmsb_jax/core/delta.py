@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
@@ -95,6 +96,9 @@ KINDS: tuple[str, ...] = ("rows", "masked", "full")
 #: O(k) host pass that lets the merge skip its O(k log k) device sort); shorter ones are not.
 UNIQUE_CHECK_MIN: int = 64
 _Tracer = jax.core.Tracer
+#: A delta leaf: a ``jax.Array``, a tracer or a host ``numpy`` array (``None`` where the kind
+#: has no such leaf). Typed ``Any``: jnp and numpy functions accept all three.
+Leaf = Any
 
 
 @jax.tree_util.register_dataclass
@@ -116,9 +120,9 @@ class Delta:
       values: ``[k, *row]`` for ``rows``, ``[*page.shape]`` otherwise.
     """
 
-    indices: jax.Array | None
-    mask: jax.Array | None
-    values: jax.Array
+    indices: Leaf
+    mask: Leaf
+    values: Leaf
     page: str = dataclasses.field(metadata=dict(static=True), default="")
     kind: str = dataclasses.field(metadata=dict(static=True), default="full")
     op: str = dataclasses.field(metadata=dict(static=True), default="set")

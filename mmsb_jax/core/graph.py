@@ -114,7 +114,7 @@ def _estimate_cost(jaxpr: jex.Jaxpr) -> int:
         out = sum(int(np.prod(getattr(v.aval, "shape", ()), dtype=np.int64)) for v in eqn.outvars)
         if eqn.primitive.name == "dot_general":
             (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs_shape = eqn.invars[0].aval.shape
+            lhs_shape = eqn.invars[0].aval.shape  # pyright: ignore[reportAttributeAccessIssue]
             out *= int(np.prod([lhs_shape[d] for d in contract], dtype=np.int64))
         inner = sum(_estimate_cost(j) for j in jex.jaxprs_in_params(eqn.params))
         if eqn.primitive.name == "scan":

@@ -12,7 +12,7 @@ import dataclasses
 import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -312,12 +312,12 @@ class State:
         self, pages: Mapping[str, jax.Array], epochs: Mapping[str, jax.Array] | None = None
     ) -> State:
         """A copy with some pages (and optionally epochs) replaced; other pages are shared."""
-        new_pages = self.pages._data.copy()
+        new_pages = cast(PageMap, self.pages)._data.copy()
         new_pages.update(pages)
         if epochs is None:
             new_epochs = self.epochs
         else:
-            new_epochs = self.epochs._data.copy()
+            new_epochs = cast(PageMap, self.epochs)._data.copy()
             new_epochs.update(epochs)
             new_epochs = PageMap._wrap(new_epochs)
         # Both maps are fresh PageMaps: skip the constructor's conversions (commit hot path).

@@ -52,6 +52,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 import numpy as np
 from jax import lax
 
 from mmsb_jax.core.delta import PADDING, Delta, apply_batch, validate_deltas
-from mmsb_jax.core.pages import State
+from mmsb_jax.core.pages import PageMap, State
 from mmsb_jax.errors import IndexOutOfRangeError
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def _txn_impl(graph: Graph | None, pages: dict[str, jax.Array], epochs: dict[str
     if graph is not None:
         from mmsb_jax.core.propagate import propagate
 
-        out = propagate(graph, out, touched_pages(deltas))
+        out = cast(State, propagate(graph, out, touched_pages(deltas)))
     return dict(out.pages), dict(out.epochs)
 
 
@@ -95,7 +95,8 @@ def _operands(state: State, deltas: Sequence[Delta], graph: Graph | None):
     if graph is not None:
         return dict(state.pages), dict(state.epochs), state.shardings
     names = touched_pages(deltas)
-    all_pages, all_epochs = state.pages._data, state.epochs._data
+    all_pages = cast(PageMap, state.pages)._data
+    all_epochs = cast(PageMap, state.epochs)._data
     pages = {n: all_pages[n] for n in names}
     epochs = {n: all_epochs[n] for n in names}
     if not state.shardings:

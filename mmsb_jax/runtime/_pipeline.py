@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import jax
 import numpy as np
@@ -150,13 +150,13 @@ class Pipeline:
             j = i + 1
             while j < n and keys[j] == keys[i]:
                 j += 1
-            plan = _at(i, lambda i=i: self.prepare(state, txns[i]))
+            plan = self.prepare_at(state, txns, i)
             stacked = None
             if j - i > 1 and txns[i] and plan.nbytes_applied > STACK_MAX_TXN_BYTES:
                 # Large transactions gain nothing from a scan and lose a copy to stacking:
                 # validated, logged and applied one by one.
                 for k in range(i + 1, j):
-                    _at(k, lambda k=k: self.prepare(state, txns[k]))
+                    self.prepare_at(state, txns, k)
             elif j - i > 1 and txns[i]:
                 stacked = stack_transactions(txns[i:j])
                 for pos, rows in plan.row_checks:
@@ -168,6 +168,10 @@ class Pipeline:
             runs.append(Run(i, j, plan, stacked))
             i = j
         return runs
+
+    def prepare_at(self, state: State, txns: Sequence[Sequence[Delta]], i: int) -> CommitPlan:
+        """:meth:`prepare` of ``txns[i]``, its errors marked with the position ``i``."""
+        return cast(CommitPlan, _at(i, lambda: self.prepare(state, txns[i])))
 
     def _new_plan(self, state: State, deltas: Sequence[Delta], key: tuple) -> CommitPlan:
         validate_deltas(state, deltas)

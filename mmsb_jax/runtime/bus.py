@@ -225,8 +225,10 @@ class Bus(StateHolder):
                     log.warning("the code of derived page(s) %s changed since %s was written; "
                                 "replay recomputes them with the new code", ", ".join(changed),
                                 directory)
-            state, seq = recover(tlog, ckpts, tlog.schema, mesh, graph)
-            return cls(directory, tlog.schema, graph, tlog, ckpts, telemetry, state, seq,
+            stored = tlog.schema
+            assert stored is not None  # a writable log always holds its schema
+            state, seq = recover(tlog, ckpts, stored, mesh, graph)
+            return cls(directory, stored, graph, tlog, ckpts, telemetry, state, seq,
                        mesh=mesh, checkpoint_every=None if checkpoint_every is None
                        else int(checkpoint_every), prune_log=bool(prune_log),
                        donate=donate)

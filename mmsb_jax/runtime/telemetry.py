@@ -71,15 +71,15 @@ class Count:
     __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.value = 0
+        self.value: int = 0
 
     def inc(self, amount: int = 1) -> None:
         """Add ``amount``."""
         self.value += amount
 
-    def set(self, value: float) -> None:
+    def set(self, value: int) -> None:
         """Set the value (gauges)."""
-        self.value = value
+        self.value = int(value)
 
 
 class Telemetry:

@@ -280,7 +280,7 @@ class CheckpointStore:
             epochs[spec.name] = jax.device_put(np.int32(epochs_in[spec.name]), scalar)
         # Record the shardings as init_state(schema, mesh=mesh) does, so that later applies keep
         # them even where traced pages carry none (inside jit on an auto-sharding mesh).
-        recorded = () if mesh is None else tuple((s.name, sharding_of(s)) for s in schema)
+        recorded: tuple = () if mesh is None else tuple((s.name, sharding_of(s)) for s in schema)
         return State(pages={n: pages[n] for n in schema.names}, epochs=epochs,
                      shardings=recorded), manifest
 

@@ -62,7 +62,7 @@ def repair(path: str | os.PathLike) -> RepairReport:
         if cuts:
             log.warning("mmsb log repair %s: cut %d bytes, saved beside the log", p, total)
         return RepairReport(bytes_cut=total,
-                            saved=tuple((c.segment, c.saved, c.nbytes) for c in cuts),
+                            saved=tuple((c.segment, c.saved or "", c.nbytes) for c in cuts),
                             corrupt=scan.corrupt, last_seq=scan.last_seq)
     finally:
         lock.release()

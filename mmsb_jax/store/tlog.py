@@ -139,7 +139,8 @@ def _scan_files(files: Sequence[Path], *, allow_corrupt: bool, sizes: Mapping[Pa
     prev: _Segment | None = None
     for i, f in enumerate(files):
         last = i == len(files) - 1
-        number = int(_SEGMENT_RE.match(f.name).group(1)) if _SEGMENT_RE.match(f.name) else None
+        m = _SEGMENT_RE.match(f.name)
+        number = int(m.group(1)) if m else None
         buf = _read_file(f, None if sizes is None else sizes.get(f))
         if prev is not None and number is not None and number != prev.number + 1:
             err = LogCorruptError(0, str(f), f"segment {prev.number + 1} is missing")
@@ -157,7 +158,7 @@ def _scan_files(files: Sequence[Path], *, allow_corrupt: bool, sizes: Mapping[Pa
                 fmt.HEADER_SIZE, "schema differs from the first segment's", True)
             scan.good_end, scan.txns = 0, []
         if not scan.clean and (scan.valid_after_bad or not last):
-            err = LogCorruptError(scan.bad_offset, str(f), scan.reason)
+            err = LogCorruptError(scan.bad_offset or 0, str(f), scan.reason)
             if not allow_corrupt:
                 raise err
             out.corrupt = err
@@ -366,6 +367,7 @@ class TLog:
     def _create_segment(self, number: int, base_seq: int) -> None:
         salt = int.from_bytes(os.urandom(4), "little")
         header = fmt.encode_header(SegmentHeader(number, salt, base_seq))
+        assert self.schema is not None  # set before the first segment is created
         pre = header + fmt.frame(salt, fmt.schema_body(base_seq, self.schema, self.graph))
         path = self.path / _segment_name(number)
         try:
@@ -477,10 +479,12 @@ class TLog:
                 seg = self._segments[-1]
             data = encode(seg.salt)
             start = self._size
+            fd = self._fd
+            assert fd is not None  # a writable, open log has its newest segment open
             try:
-                _write_all(self._fd, data)
+                _write_all(fd, data)
                 if self.sync_policy == "always":
-                    self._timed_fsync(self._fd)
+                    self._timed_fsync(fd)
             except OSError as e:
                 self._undo_to(start, e)
                 raise StoreError(f"log write failed, nothing was committed: {e}") from e
@@ -510,6 +514,7 @@ class TLog:
             return len(data)
 
     def _undo_to(self, start: int, cause: BaseException) -> None:
+        assert self._fd is not None
         try:
             os.ftruncate(self._fd, start)
             self._size = start
@@ -528,7 +533,7 @@ class TLog:
                 raise StoreError("no transaction to undo")
             seg = self._segments[-1]
             self._undo_to(self._txn_start, StoreError("undo"))
-            if self.sync_policy != "never":
+            if self.sync_policy != "never" and self._fd is not None:
                 self._timed_fsync(self._fd)
             self._segments[-1] = dataclasses.replace(seg, last_seq=seg.last_seq - self._txn_count,
                                                      end=self._txn_start)
