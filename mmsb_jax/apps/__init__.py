@@ -5,7 +5,9 @@
   commit per step on a bus, bit-exact replay of a run, ``jax.vmap`` over many worlds.
 * Multi-agent shared state: agents' deltas merged in agent-id order
   (:func:`merge_submissions`, :func:`commit_agents`, :func:`stack_merge`), a cooperative
-  environment (:class:`Foraging`) and independent PPO (:func:`train_ippo`).
+  environment (:class:`Foraging`), one where items need two agents at once
+  (:class:`CoopForaging`, with hand-written heuristics :func:`coop_heuristic`) and independent
+  PPO (:func:`train_ippo`).
 * Finance: portfolio pages with derived returns, covariance and risk
   (:func:`portfolio_graph`), differentiable utilities (:func:`mean_variance`, :func:`sharpe`),
   constrained rebalancing with optax (:func:`rebalance`), backtests on geometric Brownian
@@ -47,10 +49,14 @@ from mmsb_jax.apps._ippo import (
 )
 from mmsb_jax.apps._llm_tools import MAX_READ_ELEMENTS, TOOL_NAMES, call_tool, tool_definitions
 from mmsb_jax.apps._multi_agent import (
+    COOP_HEURISTICS,
+    CoopForaging,
+    CoopForagingParams,
     Foraging,
     ForagingParams,
     apply_agents,
     commit_agents,
+    coop_heuristic,
     merge_submissions,
     stack_merge,
 )
@@ -84,6 +90,7 @@ def serve_mcp(directory: str | os.PathLike, *, schema: Any = None, sync: str = "
 
 __all__ = [
     "BROADPHASES",
+    "COOP_HEURISTICS",
     "ENTITY_FIELDS",
     "IPPO",
     "MAX_READ_ELEMENTS",
@@ -91,6 +98,8 @@ __all__ = [
     "TOOL_NAMES",
     "BacktestConfig",
     "BacktestResult",
+    "CoopForaging",
+    "CoopForagingParams",
     "Foraging",
     "ForagingParams",
     "IPPOOutput",
@@ -102,6 +111,7 @@ __all__ = [
     "call_tool",
     "collide",
     "commit_agents",
+    "coop_heuristic",
     "evaluate_team",
     "gbm_paths",
     "integrate",

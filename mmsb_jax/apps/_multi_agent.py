@@ -24,7 +24,7 @@ does best when its agents spread over the food.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -38,10 +38,14 @@ from mmsb_jax.core.pages import PageSpec, Schema, State
 from mmsb_jax.errors import OptionError, ShapeError
 
 __all__ = [
+    "COOP_HEURISTICS",
+    "CoopForaging",
+    "CoopForagingParams",
     "Foraging",
     "ForagingParams",
     "apply_agents",
     "commit_agents",
+    "coop_heuristic",
     "merge_submissions",
     "stack_merge",
 ]
@@ -323,3 +327,325 @@ class Foraging(BusEnv):
     def is_truncated(self, state: State, params: Any) -> jax.Array:
         """The episode ends after ``episode_len`` steps."""
         return state.pages["t"] >= params.episode_len
+
+
+# -- a task where cooperation matters ----------------------------------------------------------
+
+
+class CoopForagingParams(NamedTuple):
+    """Parameters of :class:`CoopForaging`.
+
+    Attributes:
+      episode_len: steps per episode (then the episode is truncated).
+      light_value: reward for a light item (collected by one agent standing on it).
+      heavy_value: reward for a heavy item (collected only by ``need`` agents in reach of it
+        at the same step).
+    """
+
+    episode_len: int = 32
+    light_value: float = 1.0
+    heavy_value: float = 4.0
+
+
+class CoopForaging(BusEnv):
+    """Foraging where the valuable items need ``need`` agents next to them at the same step.
+
+    ``A`` agents on a ``G x G`` grid share a team reward. ``num_light`` light items are
+    collected by an agent standing on one; ``num_heavy`` heavy items are collected only when at
+    least ``need`` agents are *in reach* of the item (on its cell or on one of its four
+    neighbours) in the same step. A collected item reappears at once on a random cell holding
+    no item and no agent, so the item counts stay fixed.
+
+    Pages: ``agents/pos: int32[A, 2]``, ``light, heavy: float32[G, G]`` (1 where an item
+    lies), ``claims: int32[G * G]`` (highest ``agent id + 1`` standing on a cell this step,
+    merged with ``max``), ``helpers: int32[G * G]`` (how many agents are in reach of each cell
+    this step, merged with ``add``), ``collected: float32[]`` (team reward this episode) and
+    ``t: int32[]``; derived: ``obs: float32[A, 3 * (2G - 1)^2 + 2]``, for each agent
+    egocentric ``(2G - 1) x (2G - 1)`` windows (zeros off the grid) of the light map, the heavy
+    map and the other agents' counts, then its own position scaled to ``[0, 1]``. The window
+    is large enough to hold the whole grid, so every agent sees everything.
+
+    A step takes one action per agent (``0`` stay, ``1`` north, ``2`` east, ``3`` south, ``4``
+    west; clipped at the walls). Every agent submits three deltas, merged in agent-id order
+    (:func:`stack_merge`): a ``set`` of its row of ``agents/pos``, a ``max`` claim of its new
+    cell and an ``add`` of 1 on the ``helpers`` rows of the (up to) five cells it reaches. The
+    merged ``helpers`` page is the joint-collection rule: a heavy item on cell ``c`` is
+    collected iff ``helpers[c] >= need``. Both merges are order-independent (``max``, integer
+    ``add``), so the result does not depend on which agent submits first.
+
+    Args:
+      num_agents: ``A`` (>= 1).
+      grid: ``G`` (>= 2).
+      num_light: light items (>= 0).
+      num_heavy: heavy items (>= 0).
+      need: agents a heavy item needs (>= 1).
+
+    Raises:
+      OptionError: a count out of range, or more items and agents than cells.
+    """
+
+    def __init__(self, num_agents: int = 2, grid: int = 6, *, num_light: int = 3,
+                 num_heavy: int = 1, need: int = 2):
+        num_agents, grid = int(num_agents), int(grid)
+        num_light, num_heavy, need = int(num_light), int(num_heavy), int(need)
+        if num_agents < 1:
+            raise OptionError(f"num_agents must be >= 1, got {num_agents}")
+        if grid < 2:
+            raise OptionError(f"grid must be >= 2, got {grid}")
+        if num_light < 0 or num_heavy < 0 or need < 1:
+            raise OptionError(f"need num_light >= 0, num_heavy >= 0, need >= 1; got "
+                              f"{num_light}, {num_heavy}, {need}")
+        if num_light + num_heavy + num_agents > grid * grid:
+            raise OptionError(f"{num_light + num_heavy} items and {num_agents} agents do not "
+                              f"fit on a {grid} x {grid} grid")
+        self.num_agents, self.grid = num_agents, grid
+        self.num_light, self.num_heavy, self.need = num_light, num_heavy, need
+        cells = grid * grid
+        schema = Schema([PageSpec("agents/pos", (num_agents, 2), "int32"),
+                         PageSpec("light", (grid, grid), "float32"),
+                         PageSpec("heavy", (grid, grid), "float32"),
+                         PageSpec("claims", (cells,), "int32"),
+                         PageSpec("helpers", (cells,), "int32"),
+                         PageSpec("collected", (), "float32"),
+                         PageSpec("t", (), "int32")])
+        super().__init__(Graph(schema).derive(OBS_PAGE, ("agents/pos", "light", "heavy"),
+                                              self._observe))
+
+    def _observe(self, pos: jax.Array, light: jax.Array, heavy: jax.Array) -> jax.Array:
+        g = self.grid
+        side = 2 * g - 1
+        occupied = jnp.zeros((g, g), jnp.float32).at[pos[:, 0], pos[:, 1]].add(1.0)
+
+        def view(agent_pos: jax.Array) -> jax.Array:
+            def window(grid_map: jax.Array) -> jax.Array:
+                return jax.lax.dynamic_slice(jnp.pad(grid_map, g - 1),
+                                             (agent_pos[0], agent_pos[1]), (side, side))
+
+            others = occupied.at[agent_pos[0], agent_pos[1]].add(-1.0)
+            where = agent_pos.astype(jnp.float32) / (g - 1)
+            return jnp.concatenate([window(light).ravel(), window(heavy).ravel(),
+                                    window(others).ravel(), where])
+
+        return jax.vmap(view)(pos)
+
+    @property
+    def default_params(self) -> CoopForagingParams:
+        """:class:`CoopForagingParams` defaults."""
+        return CoopForagingParams()
+
+    @property
+    def num_actions(self) -> int:
+        """5 per agent: stay, north, east, south, west."""
+        return 5
+
+    @property
+    def obs_dim(self) -> int:
+        """``3 * (2G - 1)^2 + 2``, the observation size of one agent."""
+        return 3 * (2 * self.grid - 1) ** 2 + 2
+
+    def initial_deltas(self, key: jax.Array, params: Any) -> list[Delta]:
+        """Random agent cells; the items on distinct random cells."""
+        k_pos, k_items = jax.random.split(key)
+        g = self.grid
+        pos = jax.random.randint(k_pos, (self.num_agents, 2), 0, g, jnp.int32)
+        cells = jax.random.permutation(k_items, g * g)
+        heavy = jnp.zeros((g * g,), jnp.float32).at[cells[: self.num_heavy]].set(1.0)
+        light = jnp.zeros((g * g,), jnp.float32).at[
+            cells[self.num_heavy: self.num_heavy + self.num_light]].set(1.0)
+        return [Delta.full("agents/pos", pos), Delta.full("light", light.reshape(g, g)),
+                Delta.full("heavy", heavy.reshape(g, g))]
+
+    def agent_deltas(self, state: State, actions: jax.Array) -> list[Delta]:
+        """Every agent's submission, stacked on a leading agent axis (before merging).
+
+        Args:
+          state: the current State.
+          actions: ``int32[A]``.
+
+        Returns:
+          ``[rows set on agents/pos: indices [A, 1], values [A, 1, 2];
+          rows max on claims: indices [A, 1], values [A, 1];
+          rows add on helpers: indices [A, 5] (-1 off the grid), values ones [A, 5]]``.
+
+        Raises:
+          ShapeError: ``actions`` is not ``[A]``.
+        """
+        actions = jnp.asarray(actions)
+        if actions.shape != (self.num_agents,):
+            raise ShapeError(f"CoopForaging takes one action per agent: shape "
+                             f"({self.num_agents},), got {actions.shape}")
+        g = self.grid
+        ids = jnp.arange(self.num_agents, dtype=jnp.int32)
+        moves = jnp.asarray(_MOVES)
+        new = jnp.clip(state.pages["agents/pos"] + moves[actions], 0, g - 1)
+        reach = new[:, None, :] + moves[None, :, :]  # [A, 5, 2]: own cell and 4 neighbours
+        inside = jnp.all((reach >= 0) & (reach < g), axis=-1)
+        reach_cell = jnp.where(inside, reach[..., 0] * g + reach[..., 1], -1)
+        return [Delta(indices=ids[:, None], mask=None, values=new[:, None, :],
+                      page="agents/pos", kind="rows", op="set"),
+                Delta(indices=(new[:, 0] * g + new[:, 1])[:, None], mask=None,
+                      values=(ids + 1)[:, None], page="claims", kind="rows", op="max"),
+                Delta(indices=reach_cell.astype(jnp.int32), mask=None,
+                      values=jnp.ones(reach_cell.shape, jnp.int32), page="helpers",
+                      kind="rows", op="add")]
+
+    def _respawn(self, key: jax.Array, free: jax.Array, count: jax.Array, limit: int
+                 ) -> tuple[jax.Array, jax.Array]:
+        """Place ``count <= limit`` items on distinct random free cells: (new bool[G*G], free)."""
+        new = jnp.zeros_like(free)
+        for i, k in enumerate(jax.random.split(key, limit)):
+            cell = jax.random.categorical(k, jnp.where(free, 0.0, -jnp.inf))
+            put = (jnp.arange(free.size) == cell) & (i < count)
+            new, free = new | put, free & ~put
+        return new, free
+
+    def transition(self, key: jax.Array, state: State, action: jax.Array,
+                   params: Any) -> Transition:
+        """Merge the submissions, collect light and (jointly) heavy items, respawn them.
+
+        Returns a :class:`~mmsb_jax.agents.Transition` whose reward is ``light_value *
+        lights + heavy_value * heavies`` collected this step; ``info`` holds the step's
+        ``claims`` and ``helpers`` pages and the counts ``light``, ``heavy`` (``int32[]``).
+        """
+        g = self.grid
+        zeros = jnp.zeros((g * g,), jnp.int32)
+        moved = [Delta.full("claims", zeros), Delta.full("helpers", zeros),
+                 *[stack_merge(d) for d in self.agent_deltas(state, action)]]
+        after = apply_batch(state, moved)
+        claims, helpers = after.pages["claims"], after.pages["helpers"]
+        light = after.pages["light"].reshape(-1) > 0
+        heavy = after.pages["heavy"].reshape(-1) > 0
+        got_light = light & (claims > 0)
+        got_heavy = heavy & (helpers >= self.need)
+        n_light, n_heavy = got_light.sum(), got_heavy.sum()
+        reward = (params.light_value * n_light + params.heavy_value * n_heavy).astype(
+            jnp.float32)
+        free = ~light & ~heavy & (claims == 0)
+        k_light, k_heavy = jax.random.split(key)
+        new_heavy, free = self._respawn(k_heavy, free, n_heavy, self.num_heavy)
+        new_light, _ = self._respawn(k_light, free, n_light,
+                                     min(self.num_light, self.num_agents))
+
+        def item_delta(page: str, got: jax.Array, new: jax.Array) -> Delta:
+            return Delta.masked(page, (got | new).reshape(g, g),
+                                jnp.where(new, 1.0, 0.0).reshape(g, g).astype(jnp.float32))
+
+        deltas = [*moved, item_delta("light", got_light, new_light),
+                  item_delta("heavy", got_heavy, new_heavy),
+                  Delta.full("collected", reward, op="add"),
+                  Delta.full("t", jnp.ones((), jnp.int32), op="add")]
+        info = {"claims": claims, "helpers": helpers, "light": n_light.astype(jnp.int32),
+                "heavy": n_heavy.astype(jnp.int32)}
+        return Transition(deltas, reward, jnp.zeros((), bool), info)
+
+    def is_truncated(self, state: State, params: Any) -> jax.Array:
+        """The episode ends after ``episode_len`` steps."""
+        return state.pages["t"] >= params.episode_len
+
+
+COOP_HEURISTICS = ("nearest", "nearest_light", "rendezvous", "rendezvous_light", "split")
+
+
+def coop_heuristic(env: CoopForaging, name: str
+                   ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """A hand-written team policy for :class:`CoopForaging`, acting on the observations.
+
+    Every agent decodes the whole grid from its own observation and decides alone; the rules
+    only use global quantities (ties broken by cell index), so agents that follow the same
+    rule agree on a common target without communicating.
+
+    * ``"nearest"``: walk to the nearest item of either kind (and stay on a heavy one).
+    * ``"nearest_light"``: walk to the nearest light item.
+    * ``"rendezvous"``: every agent walks to the heavy item the team reaches first (the one
+      whose ``need``-th nearest agent is nearest) and waits in reach of it.
+    * ``"rendezvous_light"``: as ``"rendezvous"``, but an agent uses the time it would wait
+      for the others: it detours over the nearest light item it can collect and still be in
+      reach of the target when the team is, prefers steps that land on light items, and
+      collects light items when there is no heavy one.
+    * ``"split"``: as ``"rendezvous_light"`` for the ``need`` agents nearest the target (ties
+      by cell); every other agent goes to the heavy item nearest it among the rest, to be in
+      reach when a partner comes over, and collects light items on the way and while it waits
+      (its slack: the team's steps to the target plus the walk from there).
+
+    Args:
+      env: the environment.
+      name: one of :data:`COOP_HEURISTICS`.
+
+    Returns:
+      ``policy(key, obs [A, D]) -> int32[A]`` (``key`` unused), traceable.
+
+    Raises:
+      OptionError: unknown ``name``.
+    """
+    if name not in COOP_HEURISTICS:
+        raise OptionError(f"heuristic must be one of {COOP_HEURISTICS}, got {name!r}")
+    g, need = env.grid, env.need
+    side = 2 * g - 1
+    rc = jnp.stack(jnp.meshgrid(jnp.arange(g), jnp.arange(g), indexing="ij"), -1).reshape(-1, 2)
+    dist = jnp.abs(rc[:, None, :] - rc[None, :, :]).sum(-1)  # [G*G, G*G] Manhattan
+    moves = jnp.asarray(_MOVES)
+    big = 10 * g * g
+
+    def decide(obs: jax.Array) -> jax.Array:
+        pos = jnp.round(obs[-2:] * (g - 1)).astype(jnp.int32)
+        me = pos[0] * g + pos[1]
+
+        def unwindow(i: int) -> jax.Array:  # egocentric window -> global [G*G]
+            w = obs[i * side * side:(i + 1) * side * side].reshape(side, side)
+            return jax.lax.dynamic_slice(w, (g - 1 - pos[0], g - 1 - pos[1]), (g, g)).ravel()
+
+        light, heavy, others = unwindow(0) > 0, unwindow(1) > 0, unwindow(2)
+        agents = others.at[me].add(1.0)  # agent counts per cell
+        d_me = dist[me]
+
+        def nearest(mask: jax.Array) -> jax.Array:
+            return jnp.argmin(jnp.where(mask, d_me, big))
+
+        # Steps until the need-th agent is in reach of each cell: the smallest s with
+        # need agents within s + 1 of it.
+        within = (agents[None, None, :] * (dist[None] <= jnp.arange(2 * g)[:, None, None] + 1)
+                  ).sum(-1)  # [S, G*G]
+        team_steps = jnp.argmax(within >= need, axis=0)
+        target = jnp.argmin(jnp.where(heavy, team_steps, big))
+        wait = team_steps[target]
+        in_reach = d_me[target] <= 1
+        def via_light(goal: jax.Array, slack: jax.Array) -> jax.Array:
+            """Detour over the nearest light item that still leaves me in reach in time."""
+            cost = d_me + jnp.maximum(dist[:, goal] - 1, 0)
+            ok = light & (cost <= jnp.maximum(slack, jnp.maximum(d_me[goal] - 1, 0)))
+            detour = jnp.argmin(jnp.where(ok, cost * big + d_me, big * big))
+            return jnp.where(ok.any(), detour, jnp.where(d_me[goal] <= 1, me, goal))
+
+        if name == "nearest":
+            goal = nearest(light | heavy)
+        elif name == "nearest_light":
+            goal = nearest(light)
+        elif name == "rendezvous":
+            goal = jnp.where(in_reach, me, target)
+        else:
+            goal = via_light(target, wait)
+            if name == "split":
+                cells = jnp.arange(g * g)
+                key_of = dist[:, target] * big + cells  # rank by distance to target, then cell
+                rank = jnp.sum(agents * (key_of < key_of[me]))
+                others_heavy = heavy & (cells != target)
+                second = nearest(others_heavy)
+                spare = via_light(second, wait + dist[target, second] - 1)
+                goal = jnp.where((rank >= need) & others_heavy.any(), spare, goal)
+            goal = jnp.where(heavy.any(), goal, nearest(light))
+        # The step that brings the agent closest to its goal; ties: land on a light item
+        # (rendezvous_light), then the longer axis, then the action order.
+        new = jnp.clip(pos + moves, 0, g - 1)
+        cell = new[:, 0] * g + new[:, 1]
+        delta = jnp.abs(rc[goal] - pos)
+        axis = jnp.where(delta[0] >= delta[1], jnp.array([0, 1, 0, 1, 0]),
+                         jnp.array([0, 0, 1, 0, 1]))
+        prefer_light = light[cell] if name == "rendezvous_light" else jnp.zeros(5, bool)
+        score = dist[cell, goal] * 4 - 2 * prefer_light - axis
+        return jnp.argmin(score).astype(jnp.int32)
+
+    def policy(key: jax.Array, obs: jax.Array) -> jax.Array:
+        del key
+        return jax.vmap(decide)(obs)
+
+    return policy

@@ -260,3 +260,130 @@ def test_ippo_beats_random_on_foraging():
     rand = apps.evaluate_team(env, None, jax.random.key(1), 256, params)
     margin = 3 * float(jnp.std(rand)) / np.sqrt(256)
     assert float(trained.mean()) > float(rand.mean()) + margin
+
+
+COOP = apps.CoopForaging(num_agents=3, grid=5, num_light=2, num_heavy=1)
+COOP_PARAMS = apps.CoopForagingParams(light_value=1.0, heavy_value=4.0)
+
+
+def _coop_state(pos, light=(), heavy=(), env=COOP):
+    g = env.grid
+    maps = {}
+    for name, cells in (("light", light), ("heavy", heavy)):
+        m = np.zeros((g, g), np.float32)
+        for r, c in cells:
+            m[r, c] = 1.0
+        maps[name] = m
+    state = env.initial_state(jax.random.key(0), COOP_PARAMS)
+    return env.commit(state, [mm.Delta.full("agents/pos", jnp.asarray(pos, jnp.int32)),
+                              mm.Delta.full("light", jnp.asarray(maps["light"])),
+                              mm.Delta.full("heavy", jnp.asarray(maps["heavy"]))])
+
+
+_coop_step = jax.jit(lambda k, s, a: COOP.step(k, s, a, COOP_PARAMS))
+
+
+def test_coop_heavy_item_needs_two_agents_in_reach_at_once():
+    # Heavy item on (2, 2); light items on (0, 0) and (4, 4).
+    state = _coop_state([[2, 0], [4, 2], [0, 4]], light=[(0, 0), (4, 4)], heavy=[(2, 2)])
+    # Agent 0 steps east into reach (2, 1); agent 1 steps north to (3, 2): both in reach.
+    _, new, reward, _, info = _coop_step(jax.random.key(1), state, jnp.array([2, 1, 0]))
+    assert float(reward) == 4.0 and int(info["heavy"]) == 1 and int(info["light"]) == 0
+    helpers = np.asarray(info["helpers"]).reshape(5, 5)
+    assert helpers[2, 2] == 2 and helpers[2, 1] == 1 and helpers[3, 2] == 1
+    heavy = np.asarray(new.pages["heavy"])
+    assert heavy.sum() == 1.0 and heavy[2, 2] == 0.0  # reappeared on another free cell
+    pos = np.asarray(new.pages["agents/pos"])
+    assert not heavy[tuple(pos.T)].any() and not np.asarray(new.pages["light"])[
+        tuple(pos.T)].any()
+    # One agent in reach, or two at distance 2 (a diagonal), collects nothing.
+    for agents, action in (([[2, 1], [4, 4], [0, 4]], [0, 4, 0]),
+                           ([[1, 1], [3, 3], [0, 4]], [0, 0, 0])):
+        _, _, reward, _, info = _coop_step(jax.random.key(2), _coop_state(
+            agents, heavy=[(2, 2)]), jnp.array(action))
+        assert float(reward) == 0.0 and int(info["heavy"]) == 0
+    # A light item needs one agent on it; two agents on one light item collect it once.
+    _, new, reward, _, info = _coop_step(jax.random.key(3), _coop_state(
+        [[0, 1], [1, 0], [4, 3]], light=[(0, 0), (4, 4)], heavy=[(2, 2)]),
+        jnp.array([4, 1, 2]))
+    assert float(reward) == 2.0 and int(info["light"]) == 2
+    assert float(np.asarray(new.pages["light"]).sum()) == 2.0  # both reappeared
+    with pytest.raises(ShapeError):
+        COOP.agent_deltas(state, jnp.array([0, 1]))
+    for bad in (dict(num_agents=0), dict(grid=1), dict(need=0), dict(num_light=-1),
+                dict(grid=2, num_light=3)):
+        with pytest.raises(OptionError):
+            apps.CoopForaging(**bad)
+
+
+def test_coop_merge_is_agent_order_independent_and_matches_a_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pos = rng.integers(0, 5, (3, 2))
+        state = _coop_state(pos, heavy=[(2, 2)])
+        actions = jnp.asarray(rng.integers(0, 5, 3), jnp.int32)
+        stacked = COOP.agent_deltas(state, actions)
+        merged = mm.apply_batch(state, [apps.stack_merge(d) for d in stacked])
+        per_agent = {a: [mm.Delta(indices=d.indices[a], mask=None, values=d.values[a],
+                                  page=d.page, kind="rows", op=d.op) for d in stacked]
+                     for a in range(3)}
+        order = list(per_agent.items())
+        rng.shuffle(order)
+        host = apps.commit_agents(state, order)
+        for name in ("agents/pos", "claims", "helpers"):
+            np.testing.assert_array_equal(np.asarray(merged.pages[name]),
+                                          np.asarray(host.pages[name]))
+        new = np.asarray(merged.pages["agents/pos"])
+        reach = np.zeros((5, 5), np.int32)
+        for r, c in new:
+            for dr, dc in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+                if 0 <= r + dr < 5 and 0 <= c + dc < 5:
+                    reach[r + dr, c + dc] += 1
+        np.testing.assert_array_equal(np.asarray(merged.pages["helpers"]).reshape(5, 5), reach)
+    a = apps.evaluate_team(COOP, None, jax.random.key(4), 8, COOP_PARAMS)
+    b = apps.evaluate_team(COOP, None, jax.random.key(4), 8, COOP_PARAMS)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_coop_heuristics_rendezvous_and_split():
+    env = apps.CoopForaging(num_agents=2, grid=5, num_light=0, num_heavy=1)
+    state = _coop_state([[0, 0], [4, 4]], heavy=[(2, 2)], env=env)
+    step = jax.jit(lambda k, s, a: env.step(k, s, a, COOP_PARAMS))
+    observe = jax.jit(lambda s: env.observe(s, COOP_PARAMS))
+    rendezvous = jax.jit(apps.coop_heuristic(env, "rendezvous"))
+    total = 0.0
+    for t in range(3):  # each agent is 4 steps from (2, 2): 3 steps bring both into reach
+        _, state, reward, _, _ = step(jax.random.key(t), state,
+                                      rendezvous(jax.random.key(0), observe(state)))
+        total += float(reward)
+    assert total == 4.0
+    # Greedy-nearest: an agent on the heavy item stays there (it waits for a partner).
+    state = _coop_state([[2, 2], [4, 4]], heavy=[(2, 2)], env=env)
+    nearest = apps.coop_heuristic(env, "nearest")(jax.random.key(0), observe(state))
+    assert int(nearest[0]) == 0 and int(nearest[1]) in (1, 4)
+    # split, 3 agents and 2 heavy items: the two agents nearest (1, 1) go there, the third
+    # walks to (3, 4), the other item, collecting nothing alone but ready for a partner.
+    env3 = apps.CoopForaging(num_agents=3, grid=5, num_light=0, num_heavy=2)
+    state = _coop_state([[0, 0], [0, 2], [4, 0]], heavy=[(1, 1), (3, 4)], env=env3)
+    acts = apps.coop_heuristic(env3, "split")(jax.random.key(0), env3.observe(state,
+                                                                             COOP_PARAMS))
+    assert int(acts[0]) in (0, 2, 3) and int(acts[1]) in (0, 3, 4)  # in reach or closer
+    assert int(acts[2]) == 2  # east, toward (3, 4)
+    together = apps.coop_heuristic(env3, "rendezvous")(jax.random.key(0), env3.observe(
+        state, COOP_PARAMS))
+    assert int(together[2]) == 1  # rendezvous sends the third agent north to (1, 1) too
+    with pytest.raises(OptionError):
+        apps.coop_heuristic(env, "telepathy")
+
+
+@pytest.mark.slow
+def test_ippo_learns_coop_foraging():
+    env = apps.CoopForaging(num_agents=2, grid=5, num_light=2, num_heavy=1)
+    config = PPOConfig(lr=1e-3, num_envs=32, num_steps=32, total_timesteps=32 * 32 * 150,
+                       update_epochs=4, num_minibatches=4, gamma=0.95, hidden=64)
+    out, graphdef = apps.train_ippo(config, env, jax.random.key(0), COOP_PARAMS)
+    trained = apps.evaluate_team(env, apps.team_policy(graphdef, out.params),
+                                 jax.random.key(1), 256, COOP_PARAMS)
+    light = apps.evaluate_team(env, apps.coop_heuristic(env, "nearest_light"),
+                               jax.random.key(1), 256, COOP_PARAMS)
+    assert float(trained.mean()) > float(light.mean())
