@@ -35,7 +35,7 @@ import numpy as np
 from _common import bench, write_json
 
 import mmsb_jax as mm
-from mmsb_jax.reasoning import constraints as C
+from mmsb_jax.reasoning import _constraints as C
 
 R = mm.reasoning
 

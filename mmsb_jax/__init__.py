@@ -17,6 +17,7 @@ from mmsb_jax import (
     store,
     utility,
 )
+from mmsb_jax._version import __version__
 from mmsb_jax.core import semiring
 from mmsb_jax.core.delta import (
     KINDS,
@@ -36,8 +37,6 @@ from mmsb_jax.runtime.bus import Bus, CommitInfo
 from mmsb_jax.store.checkpoint import CheckpointStore
 from mmsb_jax.store.replay import replay
 from mmsb_jax.store.tlog import TLog
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Bus",

@@ -15,7 +15,7 @@ Pure JAX functions that compose under ``jit``/``vmap`` (exposed as ``mm.reasonin
   baseline), change matrices from page sets or an ``mm.TLog``.
 """
 
-from mmsb_jax.reasoning.constraints import (
+from mmsb_jax.reasoning._constraints import (
     CSP,
     CSPSolution,
     Propagation,
@@ -31,7 +31,7 @@ from mmsb_jax.reasoning.constraints import (
     solve_sudoku,
     sudoku_csp,
 )
-from mmsb_jax.reasoning.logic import (
+from mmsb_jax.reasoning._logic import (
     HornResult,
     HornRules,
     ancestors,
@@ -40,7 +40,7 @@ from mmsb_jax.reasoning.logic import (
     horn_rules,
     transitive_closure,
 )
-from mmsb_jax.reasoning.structure import (
+from mmsb_jax.reasoning._structure import (
     CoChange,
     DependencyFit,
     changes_from_commits,
@@ -84,3 +84,18 @@ __all__ = [
     "transitive_closure",
     "transitive_reduction",
 ]
+
+_RENAMED = {"constraints": "_constraints", "logic": "_logic", "structure": "_structure"}
+
+
+def __getattr__(name: str):  # deprecation shim for the old public module names
+    if name in _RENAMED:
+        import importlib
+        import warnings
+
+        warnings.warn(
+            f"mmsb_jax.reasoning.{name} is deprecated: use the names re-exported by "
+            f"mmsb_jax.reasoning (mm.reasoning.<name>) instead",
+            DeprecationWarning, stacklevel=2)
+        return importlib.import_module(f"mmsb_jax.reasoning.{_RENAMED[name]}")
+    raise AttributeError(f"module 'mmsb_jax.reasoning' has no attribute {name!r}")

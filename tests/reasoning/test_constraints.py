@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmsb_jax import errors
-from mmsb_jax.reasoning import constraints as C
+from mmsb_jax.reasoning import _constraints as C
 
 # Puzzles as published (row by row; '0' or '.' is empty).
 PUZZLES = {

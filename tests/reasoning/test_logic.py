@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmsb_jax import errors
-from mmsb_jax.reasoning import logic as L
+from mmsb_jax.reasoning import _logic as L
 
 P, R, B = 10, 12, 3  # fixed capacity: propositions, rules, body atoms
 

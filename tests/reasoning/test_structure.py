@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import mmsb_jax as mm
 from mmsb_jax import errors
-from mmsb_jax.reasoning import structure as S
+from mmsb_jax.reasoning import _structure as S
 
 
 def planted(seed: int, pages: int = 20, p: float = 0.15) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from mmsb_jax.errors import MMSBError, SeedFormatError
 from mmsb_jax.store import seed
 
-# The original's files live in shared/ beside the repository (as in CI's checkout).
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "seed"
+# Real files written by the original project, kept in the repository (see their README).
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "seed"
 
 
 def test_fixture_log_parses_to_documented_content_and_reencodes_identically():
