@@ -50,6 +50,7 @@ from mmsb_jax.planning._hierarchical import (
     plan_hierarchical,
 )
 from mmsb_jax.planning._learned import (
+    TRAIN_SEED_MIN,
     LearnedTrajectory,
     MazeMaps,
     MazeNet,
@@ -88,6 +89,7 @@ from mmsb_jax.planning._pointmass import (
 )
 
 __all__ = [
+    "TRAIN_SEED_MIN",
     "train_maze_agent",
     "plan_learned",
     "maze_model",

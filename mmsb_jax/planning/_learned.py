@@ -51,6 +51,7 @@ from mmsb_jax.core.pages import State
 from mmsb_jax.errors import DTypeError, OptionError, ShapeError
 from mmsb_jax.planning._gridworld import (
     MOVES,
+    _check_cell,
     gridworld_model,
     gridworld_schema,
     maze_distances,
@@ -59,6 +60,7 @@ from mmsb_jax.planning._gridworld import (
 from mmsb_jax.planning._model import TransitionModel, check_steps
 
 __all__ = [
+    "TRAIN_SEED_MIN",
     "LearnedTrajectory",
     "MazeMaps",
     "MazeNet",
@@ -70,6 +72,7 @@ __all__ = [
     "train_maze_agent",
 ]
 
+TRAIN_SEED_MIN = 2**30  # training mazes use seeds in [2**30, 2**31): held-out seeds go below
 _NEG = -1.0e4  # log-space "impossible": finite, so gradients stay finite
 _VALUE_SCALES = (1.0, 4.0, 16.0)  # value = sum_j w_j exp(L / s_j) + bias: slopes at all ranges
 
@@ -351,6 +354,11 @@ def _check_maze_batch(walls: Any, goals: Any, pos: Any) -> tuple[jax.Array, jax.
             raise ShapeError(f"{name} must be int[{b}, 2], got shape {tuple(x.shape)}")
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise DTypeError(f"{name} must be integer (row, column), got {x.dtype}")
+    if not any(isinstance(x, jax.core.Tracer) for x in (walls, goals, pos)):
+        w_np, g_np, p_np = np.asarray(walls), np.asarray(goals), np.asarray(pos)
+        for i in range(b):
+            _check_cell(w_np[i], g_np[i], f"goal of maze {i}")
+            _check_cell(w_np[i], p_np[i], f"start of maze {i}")
     return walls, goals.astype(jnp.int32), pos.astype(jnp.int32)
 
 
@@ -380,6 +388,8 @@ def learned_search(maps: MazeMaps, walls: jax.Array, goals: jax.Array, pos: jax.
     Raises:
       OptionError: a non-positive ``num_simulations`` or a negative ``gumbel_scale``.
       ShapeError, DTypeError: wrong shapes or dtypes.
+      IndexOutOfRangeError: a start or goal off the grid (checked on concrete inputs).
+      DomainError: a start or goal on a wall (checked on concrete inputs).
     """
     num_simulations = check_steps(num_simulations, "num_simulations")
     gumbel_scale = _check_scale(gumbel_scale)
@@ -505,6 +515,8 @@ def plan_learned(net: MazeNet, walls: Any, starts: Any, goals: Any, key: jax.Arr
     Raises:
       OptionError: a bad count or scale, or ``net`` is not a MazeNet.
       ShapeError, DTypeError: wrong shapes or dtypes.
+      IndexOutOfRangeError: a start or goal off the grid (checked on concrete inputs).
+      DomainError: a start or goal on a wall (checked on concrete inputs).
     """
     if not isinstance(net, MazeNet):
         raise OptionError(f"net must be a MazeNet, got {type(net).__name__}")
@@ -635,7 +647,7 @@ def _training_batch(rng: np.random.Generator, batch: int, sizes: tuple[int, ...]
     goals = np.zeros((batch, 2), np.int32)
     for i in range(batch):
         n = int(sizes[rng.integers(len(sizes))])
-        seed = int(rng.integers(2**31))
+        seed = int(rng.integers(TRAIN_SEED_MIN, 2**31))
         if rng.random() < obstacle_fraction:
             w, s, g = random_mazes(seed, 1, n, n, wall_density=obstacle_density,
                                    min_distance=min(4, 2 * n - 2))
@@ -674,6 +686,10 @@ def train_maze_agent(
     steps on ``cross_entropy(action_weights, prior) + value_weight * (return - value)**2``
     plus ``model_weight`` times the reward and transition losses (MuZero's model losses) over
     the visited cells. One jitted program per iteration, compiled once.
+
+    Training mazes are generated from seeds in ``[TRAIN_SEED_MIN, 2**31)`` (drawn from
+    ``seed``), so :func:`dfs_mazes` or :func:`~mmsb_jax.planning.random_mazes` with a seed
+    below :data:`TRAIN_SEED_MIN` gives mazes the agent was not trained on.
 
     Args:
       seed: seeds the mazes, the initial weights and the search.
