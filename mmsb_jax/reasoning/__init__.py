@@ -12,9 +12,23 @@ Pure JAX functions that compose under ``jit``/``vmap`` (exposed as ``mm.reasonin
   :func:`ancestors`, :func:`descendants` (agree with networkx).
 * structure — dependency edges between pages inferred from a commit log's co-change
   statistics (:func:`infer_dependencies`, with :func:`cochange_dependencies` as the simple
-  baseline), change matrices from page sets or an ``mm.TLog``.
+  baseline), change matrices from page sets or an ``mm.TLog``; causal inference from what a
+  log holds — written pages as interventions, changed derived pages, noisy-OR grow-shrink
+  conditional-independence search (:func:`infer_causal`, :func:`changelog_from_bus`) — and
+  exact interventional probes on a copy of a state (:func:`probe_dependencies`,
+  :func:`probe_bus`).
 """
 
+from mmsb_jax.reasoning._causal import (
+    CausalFit,
+    ChangeLog,
+    ProbeResult,
+    changelog_from_bus,
+    changelog_from_sets,
+    infer_causal,
+    probe_bus,
+    probe_dependencies,
+)
 from mmsb_jax.reasoning._constraints import (
     CSP,
     CSPSolution,
@@ -55,13 +69,18 @@ from mmsb_jax.reasoning._structure import (
 __all__ = [
     "CSP",
     "CSPSolution",
+    "CausalFit",
+    "ChangeLog",
     "CoChange",
     "DependencyFit",
     "HornResult",
     "HornRules",
+    "ProbeResult",
     "Propagation",
     "SearchStatus",
     "ancestors",
+    "changelog_from_bus",
+    "changelog_from_sets",
     "changes_from_commits",
     "changes_from_log",
     "check_assignment",
@@ -72,10 +91,13 @@ __all__ = [
     "edge_precision_recall",
     "horn_fixpoint",
     "horn_rules",
+    "infer_causal",
     "infer_dependencies",
     "make_csp",
     "nqueens_csp",
     "parse_sudoku",
+    "probe_bus",
+    "probe_dependencies",
     "propagate_csp",
     "solve_csp",
     "solve_nqueens",

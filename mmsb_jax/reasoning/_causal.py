@@ -1,0 +1,614 @@
+"""Causal structure of pages: from what a log holds (writes and changes) and from probes.
+
+A commit log holds, per commit, the pages the commit WROTE (its deltas' target pages: base
+pages, the *interventions*) and — after replaying it with the graph — the derived pages whose
+value CHANGED (a derived page whose recomputation gives the same value keeps its epoch: early
+cut-off). :class:`ChangeLog` holds both as ``written: bool[T, P]`` and ``changed: bool[T, P]``
+(written pages count as changed); :func:`changelog_from_bus` builds it from a Bus or a TLog.
+
+Two estimators of the direct dependency edges ``u -> v`` ("``v`` is computed from ``u``"):
+
+* :func:`infer_causal` — observational, from a :class:`ChangeLog`. Each page's change is
+  modelled as a *noisy-OR* of its parents' changes with a leak (a change of parent ``u``
+  reaches ``v`` with probability ``q[u, v]``, so cut-off is part of the model; the leak
+  absorbs spurious changes). Three steps:
+
+  1. *reachability from interventions*: a written page's parents are cut in that commit, so
+     the noisy-OR regression of ``changed[:, v]`` on ``written`` (rows where ``v`` itself is
+     not written) measures the total effect of writing ``u`` on ``v``; significant effects
+     give ``u`` reaches ``v`` — an oriented relation, since writes do not flow upstream;
+  2. *candidate parents*: the pages that reach ``v`` (for pages that are never written, the
+     pages before ``v`` in a topological order — the log's own page order for a Bus, whose
+     schema lists derived pages in topological order — or one inferred from step 1);
+  3. *grow-shrink parent selection* (a conditional-independence search, as IAMB/PC): add the
+     candidate whose change most raises the likelihood of ``v``'s change given the parents
+     chosen so far while the likelihood-ratio test rejects ``v ⟂ u | parents`` at level
+     ``alpha`` and its strength ``q[u, v] >= min_strength``; then remove every parent that
+     is independent given the others (this removes indirect edges ``u -> w -> v``: given
+     ``w``, ``u`` adds nothing). Rows where ``v`` is written are left out (intervened).
+
+  All noisy-OR fits of one step (every target with every candidate added or removed) are one
+  jitted EM of fixed shape, so a log of one shape compiles once.
+
+* :func:`probe_dependencies` — interventional, exact: on a copy of a State (e.g.
+  ``bus.at(seq)``; nothing is committed or logged), each page in turn is set to random values
+  and the graph propagates (the commit law, ``apply`` then ``propagate``); the pages whose
+  value changes are its descendants. A pair ``u ⇝ v`` with intermediate pages is then probed
+  again with every intermediate held at its current value (graph surgery: ``do(w := w)``), so
+  ``v`` changes only if ``u`` is one of its inputs: this recovers direct edges that a
+  transitive reduction would drop. :func:`probe_bus` runs it on a Bus at a seq.
+
+>>> import numpy as np
+>>> written = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]] * 30, bool)
+>>> changed = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 0]] * 30, bool)  # a->b->c
+>>> infer_causal(written, changed).edges.astype(int).tolist()
+[[0, 1, 0], [0, 0, 1], [0, 0, 0]]
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmsb_jax.errors import (
+    DTypeError,
+    GraphError,
+    InvalidProblemError,
+    ShapeError,
+    UnknownPageError,
+)
+
+__all__ = [
+    "CausalFit",
+    "ChangeLog",
+    "ProbeResult",
+    "changelog_from_bus",
+    "changelog_from_sets",
+    "infer_causal",
+    "probe_bus",
+    "probe_dependencies",
+]
+
+_Q_CLIP = 1e-4  # noisy-OR strengths and leaks stay in [clip, 1 - clip]
+_EM_STEPS = 40
+
+
+class ChangeLog(NamedTuple):
+    """What a commit log says about each commit (:func:`changelog_from_bus`).
+
+    Attributes:
+      written: ``bool[T, P]`` commit ``t`` wrote page ``p`` (one of its deltas targets it).
+      changed: ``bool[T, P]`` page ``p`` changed in commit ``t`` (written pages included;
+        derived pages: their epoch moved, i.e. the recomputed value differs).
+      names: the ``P`` page names (columns).
+      order: a known topological order of the pages (parents first) as column indices, or
+        ``None``. For a Bus log it is the log's page order (base pages, then derived pages in
+        the graph's topological order, as the log's schema and DERIVED records list them).
+    """
+
+    written: np.ndarray  # bool[T, P]
+    changed: np.ndarray  # bool[T, P]
+    names: tuple[str, ...]
+    order: tuple[int, ...] | None = None
+
+
+class CausalFit(NamedTuple):
+    """Result of :func:`infer_causal`.
+
+    Attributes:
+      edges: ``bool[P, P]`` inferred direct dependencies ``u -> v`` (a DAG).
+      strength: ``float32[P, P]`` fitted noisy-OR strength ``q[u, v]`` of each edge (0 off
+        the edges): the probability that a change of ``u`` changes ``v``.
+      leak: ``float32[P]`` probability that ``v`` changes with no parent changed (noise).
+      reach: ``bool[P, P]`` ``u`` reaches ``v`` as measured from the writes (interventions);
+        rows of pages that are never written are empty.
+      order: ``int32[P]`` the topological order used to orient candidates.
+    """
+
+    edges: np.ndarray  # bool[P, P]
+    strength: np.ndarray  # float32[P, P]
+    leak: np.ndarray  # float32[P]
+    reach: np.ndarray  # bool[P, P]
+    order: np.ndarray  # int32[P]
+
+
+class ProbeResult(NamedTuple):
+    """Result of :func:`probe_dependencies`.
+
+    Attributes:
+      edges: ``bool[P, P]`` direct dependencies found by probing (``graph.schema`` order).
+      reachability: ``bool[P, P]`` ``u``'s probes changed ``v`` (strict).
+      names: the page names of the rows and columns.
+      probes: number of propagations run.
+    """
+
+    edges: np.ndarray  # bool[P, P]
+    reachability: np.ndarray  # bool[P, P]
+    names: tuple[str, ...]
+    probes: int
+
+
+# -- building change logs ------------------------------------------------------------------
+
+def changelog_from_sets(written: Iterable[Iterable[str]], changed: Iterable[Iterable[str]],
+                        pages: Sequence[str]) -> ChangeLog:
+    """A :class:`ChangeLog` from per-commit sets of written and changed page names.
+
+    Args:
+      written: one iterable of written page names per commit.
+      changed: one iterable of changed page names per commit (the written pages are added).
+      pages: the page order (columns).
+
+    Returns:
+      :class:`ChangeLog` with ``order=None``.
+
+    Raises:
+      UnknownPageError: a name not in ``pages``. InvalidProblemError: the two sequences differ
+      in length, a commit is a bare string, or ``pages`` repeats a name.
+    """
+    names = tuple(str(p) for p in pages)
+    if len(set(names)) != len(names):
+        raise InvalidProblemError("pages must not repeat a name")
+    column = {n: i for i, n in enumerate(names)}
+    rows_w, rows_c = list(written), list(changed)
+    if len(rows_w) != len(rows_c):
+        raise InvalidProblemError(f"{len(rows_w)} written sets but {len(rows_c)} changed sets")
+    w = np.zeros((len(rows_w), len(names)), bool)
+    c = np.zeros_like(w)
+    for out, rows in ((w, rows_w), (c, rows_c)):
+        for t, row in enumerate(rows):
+            if isinstance(row, str):
+                raise InvalidProblemError(f"a commit is a collection of page names, got {row!r}")
+            for n in row:
+                if n not in column:
+                    raise UnknownPageError(n, names)
+                out[t, column[n]] = True
+    return ChangeLog(w, c | w, names, None)
+
+
+def changelog_from_bus(source: Any, *, graph: Any = None, start: int = 0,
+                       stop: int | None = None) -> ChangeLog:
+    """The :class:`ChangeLog` of a Bus (or a TLog) between two seqs.
+
+    Written pages come from each transaction's deltas. Changed derived pages come from
+    replaying the log with the graph (epochs moved: values differ), starting from the state at
+    ``start``; without a graph, from the log's DERIVED records (the pages propagation
+    recomputed — an over-approximation that ignores cut-off). Nothing is written: the live log
+    and state are only read.
+
+    Args:
+      source: an open ``mm.Bus`` or an ``mm.TLog`` (then ``start`` must be 0).
+      graph: the ``mm.Graph`` of the derived pages (default: the Bus's graph). A graph the
+        Bus does not hold (e.g. a World's physics pages over a plain bus) is replayed on top of
+        the logged base pages.
+      start: first seq is ``start + 1``.
+      stop: last seq (default: the end of the log).
+
+    Returns:
+      :class:`ChangeLog`; columns in the graph's schema order (the log's page order, with
+      derived pages topologically ordered), ``order`` set accordingly when a graph is known.
+
+    Raises:
+      InvalidProblemError: ``start``/``stop`` out of range, or a TLog with ``start > 0``.
+    """
+    from mmsb_jax.core.pages import init_state
+    from mmsb_jax.core.propagate import propagate
+    from mmsb_jax.core.transaction import TransactionRunner
+    from mmsb_jax.store.tlog import TLog
+
+    if isinstance(source, TLog):
+        tlog, bus = source, None
+    elif hasattr(source, "log") and hasattr(source, "at"):
+        tlog, bus = source.log, source
+    else:
+        raise InvalidProblemError(f"expected an mm.Bus or mm.TLog, got {type(source).__name__}")
+    if graph is None and bus is not None:
+        graph = bus.graph
+    last = tlog.last_seq if stop is None else int(stop)
+    start = int(start)
+    if not 0 <= start <= last <= tlog.last_seq:
+        raise InvalidProblemError(f"need 0 <= start <= stop <= {tlog.last_seq}, got "
+                                  f"{start}, {last}")
+    txns = list(tlog.transactions(start, last))
+    schema = tlog.schema if graph is None else graph.schema
+    names = tuple(schema.names)
+    column = {n: i for i, n in enumerate(names)}
+    written = np.zeros((len(txns), len(names)), bool)
+    changed = np.zeros_like(written)
+    for t, txn in enumerate(txns):
+        for d in txn.deltas:
+            written[t, column[d.page]] = True
+    if graph is None:
+        for t, txn in enumerate(txns):
+            for n in txn.derived:
+                if n in column:
+                    changed[t, column[n]] = True
+        return ChangeLog(written, changed | written, names, None)
+    if start > 0 and bus is None:
+        raise InvalidProblemError("a TLog is replayed from seq 0; pass a Bus for start > 0")
+    base = bus.at(start) if bus is not None else init_state(tlog.schema)
+    state = init_state(graph.schema)
+    state = state.with_pages({n: base.pages[n] for n in graph.base.names},
+                             {n: base.epochs[n] for n in graph.base.names})
+    if graph.derived:
+        state = propagate(graph, state, tuple(graph.base.names))
+    derived = [n for n in graph.derived]
+    runner = TransactionRunner(state, graph=graph, check=False, record_epochs=True)
+    for txn in txns:
+        runner.add(list(txn.deltas))
+    runner.flush()
+    prev = {n: int(state.epochs[n]) for n in derived}
+    t = 0
+    for count, epochs in runner.epochs:
+        cols = {n: np.asarray(epochs[n]).reshape(count) for n in derived if n in epochs}
+        for j in range(count):
+            for n, col in cols.items():
+                v = int(col[j])
+                if v != prev[n]:
+                    prev[n] = v
+                    changed[t, column[n]] = True
+            t += 1
+    return ChangeLog(written, changed | written, names, tuple(range(len(names))))
+
+
+# -- the noisy-OR fits ---------------------------------------------------------------------
+
+def _fit_families(y: jax.Array, rows: jax.Array, x: jax.Array, masks: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """EM fits of noisy-OR families.
+
+    Args:
+      y: ``float32[T, F]`` the target of each family (1 = changed).
+      rows: ``float32[T, F]`` rows that count for each family.
+      x: ``float32[T, C]`` candidate causes.
+      masks: ``float32[F, C]`` the causes of each family.
+
+    Returns:
+      ``(q: float32[F, C], leak: float32[F], loglik: float32[F])``.
+    """
+    n_rows = jnp.maximum(jnp.sum(rows, axis=0), 1.0)  # [F]
+    exposure = (rows.T @ x)  # [F, C]: counted rows where each cause is on
+    q0 = masks * 0.5
+    leak0 = jnp.full(masks.shape[:1], 0.05)
+
+    def log_off(q: jax.Array, leak: jax.Array) -> jax.Array:
+        return jnp.log1p(-leak)[None, :] + x @ jnp.log1p(-q).T  # [T, F]
+
+    def step(_: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        q, leak = carry
+        p_on = -jnp.expm1(log_off(q, leak))
+        w = y * rows / jnp.maximum(p_on, 1e-12)  # [T, F]
+        q_new = q * (w.T @ x) / jnp.maximum(exposure, 1e-9)
+        q_new = jnp.where(masks > 0, jnp.clip(q_new, _Q_CLIP, 1 - _Q_CLIP), 0.0)
+        leak_new = jnp.clip(leak * jnp.sum(w, axis=0) / n_rows, _Q_CLIP, 1 - _Q_CLIP)
+        return q_new, leak_new
+
+    q, leak = jax.lax.fori_loop(0, _EM_STEPS, step, (q0, leak0))
+    return q, leak, _loglik(y, rows, x, q, leak)
+
+
+def _loglik(y: jax.Array, rows: jax.Array, x: jax.Array, q: jax.Array,
+            leak: jax.Array) -> jax.Array:
+    off = jnp.log1p(-leak)[None, :] + x @ jnp.log1p(-q).T
+    on = jnp.log(jnp.maximum(-jnp.expm1(off), 1e-12))
+    return jnp.sum(rows * (y * on + (1.0 - y) * off), axis=0)
+
+
+@jax.jit
+def _reach_fit(written: jax.Array, changed: jax.Array, allowed: jax.Array
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Noisy-OR of each page's change on all writes; returns ``q [P, P]`` (cause, target),
+    the likelihood-ratio statistic of dropping each cause ``[P, P]``, and the leaks ``[P]``."""
+    x = written.astype(jnp.float32)
+    y = changed.astype(jnp.float32)
+    rows = 1.0 - x  # a written target is intervened
+    masks = allowed.T.astype(jnp.float32)  # [F = targets, C = causes]
+    q, leak, ll = _fit_families(y, rows, x, masks)
+
+    def drop(c: jax.Array) -> jax.Array:
+        q_minus = q.at[:, c].set(0.0)
+        return _loglik(y, rows, x, q_minus, leak)
+
+    ll_minus = jax.vmap(drop)(jnp.arange(x.shape[1]))  # [C, F]
+    lr = 2.0 * (ll[None, :] - ll_minus)
+    return q.T, lr, leak
+
+
+@jax.jit
+def _grow_step(changed: jax.Array, rows: jax.Array, parents: jax.Array, allowed: jax.Array
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Fit every target with its parents plus each candidate.
+
+    ``parents, allowed: bool[P, P]`` (cause, target). Returns ``(ll_base [P], ll_add [P, P],
+    q_add [P, P], q_base [P, P])`` indexed (cause, target) where two-dimensional.
+    """
+    num = changed.shape[1]
+    x = changed.astype(jnp.float32)
+    base = parents.T.astype(jnp.float32)  # [target, cause]
+    add = base[:, None, :] + jnp.eye(num)[None, :, :] * allowed.T[:, :, None]
+    add = jnp.minimum(add, 1.0).reshape(num * num, num)  # family (target, candidate)
+    masks = jnp.concatenate([base, add])
+    target = jnp.concatenate([jnp.arange(num), jnp.repeat(jnp.arange(num), num)])
+    y = x[:, target]
+    r = rows[:, target]
+    q, _, ll = _fit_families(y, r, x, masks)
+    q_base = q[:num].T
+    q_add = jnp.diagonal(q[num:].reshape(num, num, num), axis1=1, axis2=2).T
+    return ll[:num], ll[num:].reshape(num, num).T, q_add, q_base
+
+
+@jax.jit
+def _shrink_step(changed: jax.Array, rows: jax.Array, parents: jax.Array
+                 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Fit every target with its parents and with each parent removed (cause, target)."""
+    num = changed.shape[1]
+    x = changed.astype(jnp.float32)
+    base = parents.T.astype(jnp.float32)
+    minus = (base[:, None, :] * (1.0 - jnp.eye(num))[None, :, :]).reshape(num * num, num)
+    masks = jnp.concatenate([base, minus])
+    target = jnp.concatenate([jnp.arange(num), jnp.repeat(jnp.arange(num), num)])
+    q, leak, ll = _fit_families(x[:, target], rows[:, target], x, masks)
+    return ll[:num], ll[num:].reshape(num, num).T, q[:num].T, leak[:num]
+
+
+def _check_log(written: Any, changed: Any) -> tuple[np.ndarray, np.ndarray]:
+    w, c = np.asarray(written), np.asarray(changed)
+    for what, a in (("written", w), ("changed", c)):
+        if a.dtype != np.bool_:
+            raise DTypeError(f"{what} must be bool[T, P], got {a.dtype}")
+        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+            raise ShapeError(f"{what} must be bool[T, P] with T, P >= 1, got {a.shape}")
+    if w.shape != c.shape:
+        raise ShapeError(f"written {w.shape} and changed {c.shape} differ")
+    return w, c | w
+
+
+def _chi2_1(alpha: float) -> float:
+    """Critical value of the chi-square distribution with one degree of freedom."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1.0 - alpha / 2.0) ** 2
+
+
+def infer_causal(written: Any, changed: Any | None = None, *,
+                 order: Sequence[int] | None = None, alpha: float = 1e-3,
+                 min_strength: float = 0.25, reach_strength: float = 0.05,
+                 min_writes: int = 5, max_parents: int = 8) -> CausalFit:
+    """Infer direct dependency edges from the writes and changes of a log (see module doc).
+
+    Args:
+      written: ``bool[T, P]`` pages each commit wrote, or a :class:`ChangeLog` (then
+        ``changed`` and ``order`` come from it unless given).
+      changed: ``bool[T, P]`` pages each commit changed (written pages are added).
+      order: a known topological order (column indices, parents first). Without it the order
+        is inferred from the writes (pages that are never written are then ordered by how
+        many written pages reach them, then by change count).
+      alpha: level of the likelihood-ratio (conditional-independence) tests.
+      min_strength: an edge needs noisy-OR strength ``q[u, v] >= min_strength``: weaker
+        effects are attributed to noise in the log (a dropped change of an intermediate page
+        makes its ancestor look like a weak parent).
+      reach_strength: minimum total effect of a write for ``u`` reaches ``v``.
+      min_writes: pages written in fewer commits count as never written.
+      max_parents: cap on the grow steps (parents per page).
+
+    Returns:
+      :class:`CausalFit`.
+
+    Raises:
+      DTypeError, ShapeError: bad ``written``/``changed``. InvalidProblemError: bad
+      ``order`` or option values.
+    """
+    if isinstance(written, ChangeLog):
+        log = written
+        written, changed = log.written, log.changed if changed is None else changed
+        order = log.order if order is None else order
+    if changed is None:
+        raise InvalidProblemError("changed is required unless a ChangeLog is given")
+    w, c = _check_log(written, changed)
+    num = w.shape[1]
+    if not 0.0 < alpha < 1.0:
+        raise InvalidProblemError(f"alpha must be in (0, 1), got {alpha}")
+    if not 0.0 <= min_strength < 1.0 or not 0.0 <= reach_strength < 1.0:
+        raise InvalidProblemError("strength thresholds must be in [0, 1)")
+    if int(max_parents) < 1 or int(min_writes) < 0:
+        raise InvalidProblemError("max_parents must be >= 1 and min_writes >= 0")
+    if order is not None:
+        order = [int(i) for i in order]
+        if sorted(order) != list(range(num)):
+            raise InvalidProblemError(f"order must be a permutation of range({num})")
+    crit = _chi2_1(alpha)
+    eye = np.eye(num, dtype=bool)
+    writes = w.sum(0)
+    exogenous = writes >= int(min_writes)
+    # 1. reachability from the interventions
+    allowed_reach = exogenous[:, None] & ~eye
+    q_reach, lr_reach, _ = (np.asarray(a) for a in _reach_fit(w, c, allowed_reach))
+    reach = allowed_reach & (q_reach >= reach_strength) & (lr_reach >= crit)
+    # 2. an order and the candidate parents
+    if order is None:
+        ancestors = reach.sum(0)
+        counts = c.sum(0)
+        order = sorted(range(num), key=lambda i: (int(ancestors[i]), int(counts[i]), i))
+    pos = np.empty(num, int)
+    pos[np.asarray(order)] = np.arange(num)
+    before = pos[:, None] < pos[None, :]
+    allowed = np.where(exogenous[:, None], reach & before, before) & ~eye
+    # 3. grow-shrink parent selection on the changes (rows where the target is not written)
+    rows = (~w).astype(np.float32)
+    parents = np.zeros((num, num), bool)
+    bonus = 1e-3 * pos[:, None] / max(num, 1)  # ties (identical columns): the nearest page
+    for _ in range(int(max_parents)):
+        ll_base, ll_add, q_add, _ = (np.asarray(a) for a in _grow_step(c, rows, parents,
+                                                                      allowed))
+        gain = 2.0 * (ll_add - ll_base[None, :])
+        ok = allowed & ~parents & (gain >= crit) & (q_add >= min_strength)
+        if not ok.any():
+            break
+        score = np.where(ok, gain + bonus, -np.inf)
+        best = np.argmax(score, axis=0)
+        grow = ok[best, np.arange(num)]
+        parents[best[grow], np.arange(num)[grow]] = True
+    strength = np.zeros((num, num), np.float32)
+    leak = np.zeros(num, np.float32)
+    for _ in range(num * int(max_parents)):
+        ll_base, ll_minus, q_base, leak = (np.asarray(a) for a in _shrink_step(c, rows, parents))
+        stat = 2.0 * (ll_base[None, :] - ll_minus)
+        weak = parents & ((stat < crit) | (q_base < min_strength))
+        strength = np.where(parents, q_base, 0.0).astype(np.float32)
+        if not weak.any():
+            break
+        score = np.where(weak, stat, np.inf)
+        worst = np.argmin(score, axis=0)
+        drop = weak[worst, np.arange(num)]
+        parents[worst[drop], np.arange(num)[drop]] = False
+    return CausalFit(parents, strength, leak.astype(np.float32), reach,
+                     np.asarray(order, np.int32))
+
+
+# -- probes ----------------------------------------------------------------------------------
+
+def _perturb(x: jax.Array, key: jax.Array, k: int) -> jax.Array:
+    """A value of ``x``'s shape and dtype that differs from ``x`` (probe ``k``)."""
+    dtype = x.dtype
+    if dtype == jnp.bool_:
+        return ~x if k == 0 else jax.random.bernoulli(key, 0.5, x.shape)
+    if jnp.issubdtype(dtype, jnp.integer):
+        return (x + jax.random.randint(key, x.shape, 1, 100)).astype(dtype)
+    noise = jax.random.normal(key, x.shape) * (1.0 + jnp.abs(x)) + (0.5 + k)
+    return (x + noise).astype(dtype)
+
+
+def _differs(a: jax.Array, b: jax.Array) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind == "f":
+        return not np.array_equal(a, b, equal_nan=True)
+    return not np.array_equal(a, b)
+
+
+def _complete_state(graph: Any, state: Any) -> Any:
+    """``state`` with every page of ``graph.schema`` (derived pages computed if missing)."""
+    from mmsb_jax.core.pages import init_state
+    from mmsb_jax.core.propagate import propagate
+
+    missing = [n for n in graph.schema.names if n not in state.pages]
+    if not missing:
+        return state
+    full = init_state(graph.schema)
+    full = full.with_pages({n: state.pages[n] for n in graph.base.names},
+                           {n: state.epochs[n] for n in graph.base.names})
+    return propagate(graph, full, tuple(graph.base.names))
+
+
+def probe_dependencies(graph: Any, state: Any, *, key: jax.Array | int = 0,
+                       num_probes: int = 3, direct: bool = True) -> ProbeResult:
+    """Direct dependency edges of ``graph`` by interventions on a copy of ``state``.
+
+    For each page ``u``: ``num_probes`` random values of ``u`` are set in a copy of ``state``
+    and propagated (``mm.propagate`` with ``dirty=(u,)``, the commit law); the pages whose
+    value changes are reachable from ``u``. With ``direct``, every reachable pair ``u ⇝ v``
+    that has intermediate pages is probed again on a graph in which those intermediates are
+    held at their current values (each redefined as a constant: ``do(w := w)``), so ``v``
+    changes only through a direct edge; pairs without intermediates are direct edges. The
+    graph's functions are only evaluated, never inspected. Nothing is committed.
+
+    Args:
+      graph: an ``mm.Graph``.
+      state: a State of ``graph.schema`` (derived pages are computed if it lacks them, e.g.
+        the state of a bus holding only the base pages).
+      key: a PRNG key or seed for the probe values.
+      num_probes: random values per probed page (several guard against cut-off, e.g. a
+        thresholded function that ignores one particular change).
+      direct: also probe with intermediates held fixed (otherwise edges are the transitive
+        reduction of the reachability).
+
+    Returns:
+      :class:`ProbeResult` in ``graph.schema`` order.
+
+    Raises:
+      GraphError: ``graph`` is not an ``mm.Graph``. InvalidProblemError: ``num_probes < 1``.
+    """
+    from mmsb_jax.core.graph import Graph
+    from mmsb_jax.core.propagate import propagate
+    from mmsb_jax.reasoning._structure import transitive_reduction
+
+    if not isinstance(graph, Graph):
+        raise GraphError(f"probe_dependencies needs an mm.Graph, got {type(graph).__name__}")
+    if int(num_probes) < 1:
+        raise InvalidProblemError(f"num_probes must be >= 1, got {num_probes}")
+    key = jax.random.key(key) if isinstance(key, int) else key
+    state = _complete_state(graph, state)
+    names = tuple(graph.schema.names)
+    num = len(names)
+    index = {n: i for i, n in enumerate(names)}
+    reach = np.zeros((num, num), bool)
+    runs = 0
+
+    def probe(g: Any, u: str, k: int, sub: jax.Array) -> set[str]:
+        value = _perturb(state.pages[u], sub, k)
+        probed = state.with_pages({u: value}, {u: state.epochs[u]})
+        out = propagate(g, probed, (u,))
+        return {n for n in g.descendants(u) if _differs(out.pages[n], state.pages[n])}
+
+    keys = jax.random.split(key, num * int(num_probes)).reshape(num, int(num_probes))
+    for u in names:
+        for k in range(int(num_probes)):
+            for n in probe(graph, u, k, keys[index[u], k]):
+                reach[index[u], index[n]] = True
+            runs += 1
+    edges = np.asarray(transitive_reduction(jnp.asarray(reach)))
+    if direct:
+        for u in names:
+            iu = index[u]
+            for v in names:
+                iv = index[v]
+                middle = [w for w in names if reach[iu, index[w]] and reach[index[w], iv]]
+                if not reach[iu, iv] or not middle or edges[iu, iv]:
+                    continue
+                held = graph
+                for w in middle:
+                    const = state.pages[w]
+                    held = held.derive(w, (u,), functools.partial(_constant, const))
+                for k in range(int(num_probes)):
+                    runs += 1
+                    if v in probe(held, u, k, jax.random.fold_in(keys[iu, k], iv)):
+                        edges[iu, iv] = True
+                        break
+    return ProbeResult(edges, reach, names, runs)
+
+
+def _constant(value: jax.Array, _: jax.Array) -> jax.Array:
+    return value
+
+
+def probe_bus(bus: Any, seq: int | None = None, *, graph: Any = None,
+              key: jax.Array | int = 0, num_probes: int = 3, direct: bool = True
+              ) -> ProbeResult:
+    """:func:`probe_dependencies` on the state of a Bus after commit ``seq``.
+
+    The state comes from time travel (``bus.at(seq)``); the probes run on that copy, so the
+    bus, its state and its log are left exactly as they were.
+
+    Args:
+      bus: an open ``mm.Bus``.
+      seq: the commit whose state is probed (default: the current seq).
+      graph: the graph of derived pages (default: the Bus's own graph).
+      key, num_probes, direct: as :func:`probe_dependencies`.
+
+    Returns:
+      :class:`ProbeResult`.
+
+    Raises:
+      GraphError: no graph (the bus has none and none is given).
+      UnknownSeqError: ``seq`` is out of range (from ``bus.at``).
+    """
+    graph = bus.graph if graph is None else graph
+    if graph is None:
+        raise GraphError("the bus has no graph of derived pages; pass graph=")
+    state = bus.at(bus.seq if seq is None else seq)
+    return probe_dependencies(graph, state, key=key, num_probes=num_probes, direct=direct)
+
