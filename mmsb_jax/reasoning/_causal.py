@@ -560,7 +560,7 @@ def probe_dependencies(graph: Any, state: Any, *, key: jax.Array | int = 0,
             for n in probe(graph, u, k, keys[index[u], k]):
                 reach[index[u], index[n]] = True
             runs += 1
-    edges = np.asarray(transitive_reduction(jnp.asarray(reach)))
+    edges = np.array(transitive_reduction(jnp.asarray(reach)))
     if direct:
         for u in names:
             iu = index[u]
