@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 _Q_CLIP = 1e-4  # noisy-OR strengths and leaks stay in [clip, 1 - clip]
-_EM_STEPS = 40
+_EM_STEPS = 100
 
 
 class ChangeLog(NamedTuple):
@@ -431,13 +431,14 @@ def infer_causal(written: Any, changed: Any | None = None, *,
     reach = allowed_reach & (q_reach >= reach_strength) & (lr_reach >= crit)
     # 2. an order and the candidate parents
     if order is None:
-        ancestors = reach.sum(0)
+        rank = reach.sum(0).astype(int) - reach.sum(1).astype(int)  # ancestors - descendants
         counts = c.sum(0)
-        order = sorted(range(num), key=lambda i: (int(ancestors[i]), int(counts[i]), i))
+        order = sorted(range(num), key=lambda i: (int(rank[i]), int(counts[i]), i))
     pos = np.empty(num, int)
     pos[np.asarray(order)] = np.arange(num)
     before = pos[:, None] < pos[None, :]
-    allowed = np.where(exogenous[:, None], reach & before, before) & ~eye
+    # writes orient the candidates; the order only settles pairs that reach both ways
+    allowed = np.where(exogenous[:, None], reach & (before | ~reach.T), before) & ~eye
     # 3. grow-shrink parent selection on the changes (rows where the target is not written)
     rows = (~w).astype(np.float32)
     parents = np.zeros((num, num), bool)
@@ -466,6 +467,21 @@ def infer_causal(written: Any, changed: Any | None = None, *,
         worst = np.argmin(score, axis=0)
         drop = weak[worst, np.arange(num)]
         parents[worst[drop], np.arange(num)[drop]] = False
+    # measurement noise: when an intermediate w's change is missing from the log, its
+    # ancestor u looks like a direct parent of v. Keep u -> v (u also reaching another parent
+    # w) only if its exclusive support — v changed, u changed, no such w changed — exceeds
+    # what missing records explain (twice the estimated noise rate, the median leak).
+    noise = float(np.median(leak))
+    for v in range(num):
+        for u in np.flatnonzero(parents[:, v]):
+            via = [x for x in np.flatnonzero(parents[:, v]) if x != u and reach[u, x]]
+            if not via:
+                continue
+            counted = ~w[:, v] & c[:, u]
+            alone = counted & ~c[:, via].any(axis=1) & c[:, v]
+            if alone.sum() < (2.0 * noise + 0.02) * max(counted.sum(), 1):
+                parents[u, v] = False
+                strength[u, v] = 0.0
     return CausalFit(parents, strength, leak.astype(np.float32), reach,
                      np.asarray(order, np.int32))
 
