@@ -28,6 +28,7 @@ __all__ = [
     "LogCorruptError",
     "MMSBError",
     "MaskError",
+    "MissingExtraError",
     "OpError",
     "OptionError",
     "PageExistsError",
@@ -221,3 +222,15 @@ class LogCorruptError(FormatError):
 
 class SeedFormatError(FormatError):
     """A file in the original MMSB formats (MMSBLOG1 / MMSBSNAP) is malformed."""
+
+
+class MissingExtraError(MMSBError, ImportError):
+    """An optional dependency of one upper layer is not installed.
+
+    The message names the extra to install, e.g. ``pip install "mmsb-jax[agents]"``.
+    Attributes: ``extra`` (the extra's name) and ``name`` (the missing module, as ImportError).
+    """
+
+    def __init__(self, message: str, *, extra: str, name: str | None = None) -> None:
+        super().__init__(message, name=name)
+        self.extra = extra

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsb_jax._extras import require
 from mmsb_jax.core.delta import Delta, apply_batch
 from mmsb_jax.core.graph import Graph
 from mmsb_jax.core.pages import PageSpec, Schema, State, init_state
@@ -389,8 +390,7 @@ def from_gymnax(env: str | Any, params: Any = None, **make_kwargs: Any
     ((4,), ('obs', 'state/time', 'state/x'))
     """
     if isinstance(env, str):
-        import gymnax
-
+        gymnax = require("gymnax", extra="agents", feature="mmsb_jax.agents.from_gymnax")
         try:
             env, default = gymnax.make(env, **make_kwargs)
         except ValueError as e:

@@ -33,9 +33,9 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema
 import numpy as np
 
+from mmsb_jax._extras import require
 from mmsb_jax.core.delta import KINDS, OPS, Delta
 from mmsb_jax.errors import (
     DomainError,
@@ -192,6 +192,7 @@ def _check_names(bus: Any, name: str, args: Mapping[str, Any]) -> None:
 
 
 def _validate(bus: Any, schema: dict[str, Any], name: str, args: Mapping[str, Any]) -> None:
+    jsonschema = require("jsonschema", extra="mcp", feature="mmsb_jax.apps.call_tool")
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(args))
     if error is not None:

@@ -23,13 +23,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
-import mcp_types as types
-from mcp.server.lowlevel import Server
-from mcp.server.stdio import stdio_server
-
+from mmsb_jax._extras import require
 from mmsb_jax.apps._llm_tools import call_tool, tool_definitions
 from mmsb_jax.errors import MMSBError, ToolError
+
+# The [mcp] extra: importing this module without it raises MissingExtraError naming the extra.
+_FEATURE = "mmsb_jax.apps.mcp_server"
+anyio = require("anyio", extra="mcp", feature=_FEATURE)
+types = require("mcp_types", extra="mcp", feature=_FEATURE)
+Server = require("mcp.server.lowlevel", extra="mcp", feature=_FEATURE).Server
+stdio_server = require("mcp.server.stdio", extra="mcp", feature=_FEATURE).stdio_server
 
 __all__ = ["build_server", "error_result", "main", "serve_mcp"]
 
