@@ -48,7 +48,7 @@ def test_api_pages_cover_every_public_subpackage() -> None:
                    "mmsb_jax.core.graph", "mmsb_jax.core.propagate", "mmsb_jax.store",
                    "mmsb_jax.runtime", "mmsb_jax.utility", "mmsb_jax.intention",
                    "mmsb_jax.reasoning", "mmsb_jax.planning", "mmsb_jax.agents",
-                   "mmsb_jax.apps", "mmsb_jax.errors", "kernels"):
+                   "mmsb_jax.apps", "mmsb_jax.errors", "mmsb_jax.kernels"):
         assert module in targets, module
 
 
