@@ -39,6 +39,7 @@ from mmsb_jax.core.graph import Graph
 from mmsb_jax.core.pages import PageSpec, Schema, State, init_state
 from mmsb_jax.core.propagate import propagate
 from mmsb_jax.errors import DTypeError, OptionError, ShapeError
+from mmsb_jax.planning._gridworld import gridworld_moves
 
 __all__ = [
     "OBS_PAGE",
@@ -402,10 +403,6 @@ def from_gymnax(env: str | Any, params: Any = None, **make_kwargs: Any
 
 # -- a native environment ---------------------------------------------------------------------
 
-# up, right, down, left as (row, column) moves
-_MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], np.int32)
-
-
 class GridWorldParams(NamedTuple):
     """Parameters of :class:`GridWorld`.
 
@@ -428,6 +425,9 @@ class GridWorld(BusEnv):
     scaled to ``[0, 1]``) and ``distance: int32[]`` (Manhattan distance to the goal). Actions:
     ``0`` up, ``1`` right, ``2`` down, ``3`` left; a move into a wall or off the grid leaves the
     agent where it is. Walls and goal are pages, so they can be changed by committing deltas.
+    The move rule is :func:`mmsb_jax.planning.gridworld_moves`, the one the planners'
+    gridworld (:func:`mmsb_jax.planning.gridworld_model`) uses: the two step move for move
+    alike (the planner's goal is absorbing; this environment's episode terminates there).
 
     Args:
       size: side of the square grid (>= 2).
@@ -495,9 +495,8 @@ class GridWorld(BusEnv):
         """Move unless blocked; reward ``goal_reward`` at the goal, else ``-step_cost``."""
         del key
         pos, goal = state.pages["pos"], state.pages["goal"]
-        target = jnp.clip(pos + jnp.asarray(_MOVES)[action], 0, self.size - 1)
-        blocked = state.pages["walls"][target[0], target[1]]
-        new = jnp.where(blocked, pos, target)
+        target, allowed = gridworld_moves(state.pages["walls"], pos)
+        new = jnp.where(allowed[action], target[action], pos)
         reached = jnp.all(new == goal)
         reward = jnp.where(reached, jnp.float32(params.goal_reward),
                            -jnp.float32(params.step_cost))

@@ -25,6 +25,7 @@ __all__ = [
     "MOVES",
     "greedy_policy",
     "gridworld_model",
+    "gridworld_moves",
     "gridworld_schema",
     "gridworld_state",
     "gridworld_states",
@@ -128,13 +129,27 @@ def gridworld_states(walls: jax.Array | np.ndarray, starts: jax.Array | np.ndarr
     return jax.vmap(_build)(*_as_grid(walls, starts, goals, batched=True))
 
 
-def _valid(state: State) -> jax.Array:
-    walls, pos = state.pages["walls"], state.pages["pos"]
+def gridworld_moves(walls: jax.Array, pos: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The move rule shared by every gridworld of the project (this module's planning model and
+    :class:`mmsb_jax.agents.GridWorld`): where each action leads and whether it is allowed.
+
+    Args:
+      walls: ``bool[H, W]``.
+      pos: ``int32[2]``, the agent's (row, column).
+
+    Returns:
+      ``(targets int32[4, 2], allowed bool[4])``: ``pos + MOVES`` (unclipped) and whether that
+      cell is on the grid and free. A disallowed move leaves the agent where it is. Traceable.
+    """
     h, w = walls.shape
     target = pos[None, :] + jnp.asarray(MOVES)
     inside = (target[:, 0] >= 0) & (target[:, 0] < h) & (target[:, 1] >= 0) & (target[:, 1] < w)
     free = ~walls[jnp.clip(target[:, 0], 0, h - 1), jnp.clip(target[:, 1], 0, w - 1)]
-    return inside & free
+    return target, inside & free
+
+
+def _valid(state: State) -> jax.Array:
+    return gridworld_moves(state.pages["walls"], state.pages["pos"])[1]
 
 
 def _at_goal(state: State) -> jax.Array:
@@ -211,9 +226,9 @@ def greedy_policy(states: State, key: jax.Array) -> jax.Array:
     del key
 
     def one(state: State) -> jax.Array:
-        target = state.pages["pos"][None, :] + jnp.asarray(MOVES)
+        target, allowed = gridworld_moves(state.pages["walls"], state.pages["pos"])
         dist = jnp.sum(jnp.abs(target - state.pages["goal"][None, :]), axis=1)
-        score = jnp.where(_valid(state), dist, jnp.iinfo(jnp.int32).max)
+        score = jnp.where(allowed, dist, jnp.iinfo(jnp.int32).max)
         return jnp.argmin(score).astype(jnp.int32)
 
     return jax.vmap(one)(states)

@@ -300,3 +300,29 @@ def test_gridworld_bad_inputs():
         ag.GridWorld(3, walls=np.zeros((2, 2), bool))
     with pytest.raises(DTypeError):
         ag.GridWorld(3, walls=np.zeros((3, 3), np.int32))
+
+
+def test_gridworld_env_and_planning_model_share_one_move_rule():
+    """agents.GridWorld transitions and planning.gridworld_model steps agree on every move."""
+    from mmsb_jax.planning import gridworld_model, gridworld_moves, gridworld_state
+
+    walls = np.zeros((5, 5), bool)
+    walls[1, 1:4] = walls[3, 0:3] = True
+    env = ag.GridWorld(5, start=(0, 0), goal=(4, 4), walls=walls)
+    params = env.default_params
+    model = gridworld_model(step_cost=params.step_cost, goal_reward=params.goal_reward)
+    env_step = jax.jit(lambda s, a: env.commit(
+        s, env.transition(jax.random.key(0), s, a, params).deltas))
+    model_step = jax.jit(lambda s, a: model.step(s, a)[0])
+    env_state = env.initial_state(jax.random.key(0))
+    plan_state = gridworld_state(walls, np.array([0, 0]), np.array([4, 4]))
+    blocked = 0
+    for action in np.random.default_rng(0).integers(0, 4, size=80):
+        a = jnp.int32(action)
+        blocked += not bool(gridworld_moves(jnp.asarray(walls), plan_state.pages["pos"])[1][a])
+        env_state, plan_state = env_step(env_state, a), model_step(plan_state, a)
+        np.testing.assert_array_equal(env_state.pages["pos"], plan_state.pages["pos"])
+        assert not walls[tuple(np.asarray(plan_state.pages["pos"]))]
+        if np.array_equal(plan_state.pages["pos"], [4, 4]):
+            break  # the goal is terminal (absorbing) for the planner
+    assert blocked > 0  # the walk bumped into walls and edges, so both no-op rules were used
