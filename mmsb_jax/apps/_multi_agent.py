@@ -360,10 +360,12 @@ class CoopForaging(BusEnv):
     lies), ``claims: int32[G * G]`` (highest ``agent id + 1`` standing on a cell this step,
     merged with ``max``), ``helpers: int32[G * G]`` (how many agents are in reach of each cell
     this step, merged with ``add``), ``collected: float32[]`` (team reward this episode) and
-    ``t: int32[]``; derived: ``obs: float32[A, 3 * (2G - 1)^2 + 2]``, for each agent
-    egocentric ``(2G - 1) x (2G - 1)`` windows (zeros off the grid) of the light map, the heavy
-    map and the other agents' counts, then its own position scaled to ``[0, 1]``. The window
-    is large enough to hold the whole grid, so every agent sees everything.
+    ``t: int32[]``; derived: ``obs: float32[A, 3 * (2V + 1)^2 + 2]``, for each agent
+    egocentric ``(2V + 1) x (2V + 1)`` windows (zeros off the grid) of the light map, the heavy
+    map and the other agents' counts, then its own position scaled to ``[0, 1]``. ``V`` is the
+    view radius: by default ``G - 1``, a window large enough to hold the whole grid, so every
+    agent sees everything; a smaller ``view`` makes the task partially observable (an agent
+    sees items and teammates only within ``V`` cells along each axis).
 
     A step takes one action per agent (``0`` stay, ``1`` north, ``2`` east, ``3`` south, ``4``
     west; clipped at the walls). Every agent submits three deltas, merged in agent-id order
@@ -379,14 +381,18 @@ class CoopForaging(BusEnv):
       num_light: light items (>= 0).
       num_heavy: heavy items (>= 0).
       need: agents a heavy item needs (>= 1).
+      view: ``V``, the view radius (``1 <= V <= G - 1``); ``None`` for ``G - 1`` (full view).
 
     Raises:
-      OptionError: a count out of range, or more items and agents than cells.
+      OptionError: a count or the view out of range, or more items and agents than cells.
     """
 
     def __init__(self, num_agents: int = 2, grid: int = 6, *, num_light: int = 3,
-                 num_heavy: int = 1, need: int = 2):
+                 num_heavy: int = 1, need: int = 2, view: int | None = None):
         num_agents, grid = int(num_agents), int(grid)
+        view = grid - 1 if view is None else int(view)
+        if not 1 <= view <= max(grid - 1, 1):
+            raise OptionError(f"view must be in [1, grid - 1 = {grid - 1}], got {view}")
         num_light, num_heavy, need = int(num_light), int(num_heavy), int(need)
         if num_agents < 1:
             raise OptionError(f"num_agents must be >= 1, got {num_agents}")
@@ -400,6 +406,7 @@ class CoopForaging(BusEnv):
                               f"fit on a {grid} x {grid} grid")
         self.num_agents, self.grid = num_agents, grid
         self.num_light, self.num_heavy, self.need = num_light, num_heavy, need
+        self.view = view
         cells = grid * grid
         schema = Schema([PageSpec("agents/pos", (num_agents, 2), "int32"),
                          PageSpec("light", (grid, grid), "float32"),
@@ -412,13 +419,13 @@ class CoopForaging(BusEnv):
                                               self._observe))
 
     def _observe(self, pos: jax.Array, light: jax.Array, heavy: jax.Array) -> jax.Array:
-        g = self.grid
-        side = 2 * g - 1
+        g, v = self.grid, self.view
+        side = 2 * v + 1
         occupied = jnp.zeros((g, g), jnp.float32).at[pos[:, 0], pos[:, 1]].add(1.0)
 
         def view(agent_pos: jax.Array) -> jax.Array:
             def window(grid_map: jax.Array) -> jax.Array:
-                return jax.lax.dynamic_slice(jnp.pad(grid_map, g - 1),
+                return jax.lax.dynamic_slice(jnp.pad(grid_map, v),
                                              (agent_pos[0], agent_pos[1]), (side, side))
 
             others = occupied.at[agent_pos[0], agent_pos[1]].add(-1.0)
@@ -440,8 +447,8 @@ class CoopForaging(BusEnv):
 
     @property
     def obs_dim(self) -> int:
-        """``3 * (2G - 1)^2 + 2``, the observation size of one agent."""
-        return 3 * (2 * self.grid - 1) ** 2 + 2
+        """``3 * (2V + 1)^2 + 2``, the observation size of one agent."""
+        return 3 * (2 * self.view + 1) ** 2 + 2
 
     def initial_deltas(self, key: jax.Array, params: Any) -> list[Delta]:
         """Random agent cells; the items on distinct random cells."""
@@ -543,7 +550,8 @@ class CoopForaging(BusEnv):
         return state.pages["t"] >= params.episode_len
 
 
-COOP_HEURISTICS = ("nearest", "nearest_light", "rendezvous", "rendezvous_light", "split")
+COOP_HEURISTICS = ("nearest", "nearest_light", "rendezvous", "rendezvous_light", "split",
+                   "split_flock", "split_roam", "split_center", "split_explore")
 
 
 def coop_heuristic(env: CoopForaging, name: str
@@ -566,33 +574,54 @@ def coop_heuristic(env: CoopForaging, name: str
       by cell); every other agent goes to the heavy item nearest it among the rest, to be in
       reach when a partner comes over, and collects light items on the way and while it waits
       (its slack: the team's steps to the target plus the walk from there).
+    * ``"split_flock"``: as ``"split"``, but an agent that sees no item and sees a teammate
+      more than one cell away walks towards the nearest one (so agents that meet stay a pair
+      that can take a heavy item at once); with a full view it is ``"split"``.
+    * ``"split_roam"``: as ``"split"``, but a light item in view beats a heavy item the team
+      in view cannot take, and an agent waiting alone at such a beacon with nothing else in
+      view leaves it with probability 1/2 per step (to find a partner or light items).
+    * ``"split_center"``: as ``"split"``, but an agent that sees no item walks towards the
+      grid centre, where its window covers the most cells (and moves at random once within
+      one cell of it).
+    * ``"split_explore"``: ``"split_roam"`` and ``"split_center"`` together.
 
     Args:
       env: the environment.
       name: one of :data:`COOP_HEURISTICS`.
 
+    With a partial view (``env.view < G - 1``) the rules use what the agent sees: teammates
+    and items out of view do not exist for it; a heavy item with too few teammates in view is
+    a beacon (the agent waits in reach of the nearest one); an agent that sees no item takes a
+    uniformly random move that stays on the grid (``key`` draws these moves and the
+    ``split_roam`` coin).
+
     Returns:
-      ``policy(key, obs [A, D]) -> int32[A]`` (``key`` unused), traceable.
+      ``policy(key, obs [A, D]) -> int32[A]``, traceable.
 
     Raises:
       OptionError: unknown ``name``.
     """
     if name not in COOP_HEURISTICS:
         raise OptionError(f"heuristic must be one of {COOP_HEURISTICS}, got {name!r}")
-    g, need = env.grid, env.need
-    side = 2 * g - 1
+    g, need, v = env.grid, env.need, env.view
+    side = 2 * v + 1
     rc = jnp.stack(jnp.meshgrid(jnp.arange(g), jnp.arange(g), indexing="ij"), -1).reshape(-1, 2)
     dist = jnp.abs(rc[:, None, :] - rc[None, :, :]).sum(-1)  # [G*G, G*G] Manhattan
     moves = jnp.asarray(_MOVES)
     big = 10 * g * g
+    roam = name in ("split_roam", "split_explore")
+    centre_bias = name in ("split_center", "split_explore")
 
-    def decide(obs: jax.Array) -> jax.Array:
+    def decide(key: jax.Array, obs: jax.Array) -> jax.Array:
         pos = jnp.round(obs[-2:] * (g - 1)).astype(jnp.int32)
         me = pos[0] * g + pos[1]
+        offset = rc - pos + v  # [G*G, 2]: each cell's place in my window
+        seen = jnp.all((offset >= 0) & (offset < side), axis=-1)
+        offset = jnp.clip(offset, 0, side - 1)
 
-        def unwindow(i: int) -> jax.Array:  # egocentric window -> global [G*G]
+        def unwindow(i: int) -> jax.Array:  # egocentric window -> global [G*G] (0 unseen)
             w = obs[i * side * side:(i + 1) * side * side].reshape(side, side)
-            return jax.lax.dynamic_slice(w, (g - 1 - pos[0], g - 1 - pos[1]), (g, g)).ravel()
+            return jnp.where(seen, w[offset[:, 0], offset[:, 1]], 0.0)
 
         light, heavy, others = unwindow(0) > 0, unwindow(1) > 0, unwindow(2)
         agents = others.at[me].add(1.0)  # agent counts per cell
@@ -605,9 +634,12 @@ def coop_heuristic(env: CoopForaging, name: str
         # need agents within s + 1 of it.
         within = (agents[None, None, :] * (dist[None] <= jnp.arange(2 * g)[:, None, None] + 1)
                   ).sum(-1)  # [S, G*G]
-        team_steps = jnp.argmax(within >= need, axis=0)
-        target = jnp.argmin(jnp.where(heavy, team_steps, big))
-        wait = team_steps[target]
+        # With a partial view the visible team may be too small: then the nearest heavy item,
+        # where the agent waits in reach (a beacon for the teammates that come into view).
+        formable = (within >= need).any(axis=0)
+        team_steps = jnp.where(formable, jnp.argmax(within >= need, axis=0), big + d_me)
+        target = jnp.argmin(jnp.where(heavy, team_steps, big * big))
+        wait = jnp.where(formable[target], team_steps[target], 0)
         in_reach = d_me[target] <= 1
         def via_light(goal: jax.Array, slack: jax.Array) -> jax.Array:
             """Detour over the nearest light item that still leaves me in reach in time."""
@@ -624,7 +656,7 @@ def coop_heuristic(env: CoopForaging, name: str
             goal = jnp.where(in_reach, me, target)
         else:
             goal = via_light(target, wait)
-            if name == "split":
+            if name.startswith("split"):
                 cells = jnp.arange(g * g)
                 key_of = dist[:, target] * big + cells  # rank by distance to target, then cell
                 rank = jnp.sum(agents * (key_of < key_of[me]))
@@ -633,6 +665,8 @@ def coop_heuristic(env: CoopForaging, name: str
                 spare = via_light(second, wait + dist[target, second] - 1)
                 goal = jnp.where((rank >= need) & others_heavy.any(), spare, goal)
             goal = jnp.where(heavy.any(), goal, nearest(light))
+            if roam:
+                goal = jnp.where(formable[target] | ~light.any(), goal, nearest(light))
         # The step that brings the agent closest to its goal; ties: land on a light item
         # (rendezvous_light), then the longer axis, then the action order.
         new = jnp.clip(pos + moves, 0, g - 1)
@@ -642,10 +676,26 @@ def coop_heuristic(env: CoopForaging, name: str
                          jnp.array([0, 0, 1, 0, 1]))
         prefer_light = light[cell] if name == "rendezvous_light" else jnp.zeros(5, bool)
         score = dist[cell, goal] * 4 - 2 * prefer_light - axis
-        return jnp.argmin(score).astype(jnp.int32)
+        # Nothing in view: explore, a uniformly random move that stays on the grid.
+        k_move, k_leave = jax.random.split(key)
+        wander = jax.random.categorical(k_move, jnp.where(
+            jnp.any(new != pos, axis=-1), 0.0, -jnp.inf))
+        blind = ~(light.any() | heavy.any())
+        if roam:  # leave a beacon nobody is coming to, with probability 1/2 per step
+            blind = blind | (heavy.any() & ~formable[target] & ~light.any()
+                             & (d_me[target] <= 1) & (jax.random.uniform(k_leave) < 0.5))
+        if centre_bias:  # explore towards the centre, where most of the grid is in view
+            centre = (g // 2) * g + g // 2
+            go_c = jnp.argmin(dist[cell, centre] * 4 - axis)
+            wander = jnp.where(d_me[centre] > 1, go_c, wander)
+        if name == "split_flock":
+            mate = jnp.argmin(jnp.where(others > 0, d_me, big))
+            far = (others > 0).any() & (d_me[mate] > 1)
+            toward = jnp.argmin(dist[cell, mate] * 4 - axis)
+            wander = jnp.where(far, toward, wander)
+        return jnp.where(blind, wander, jnp.argmin(score)).astype(jnp.int32)
 
     def policy(key: jax.Array, obs: jax.Array) -> jax.Array:
-        del key
-        return jax.vmap(decide)(obs)
+        return jax.vmap(decide)(jax.random.split(key, obs.shape[0]), obs)
 
     return policy

@@ -1,4 +1,5 @@
-"""Multi-agent shared state: deterministic merge, the Foraging task and independent PPO."""
+"""Multi-agent shared state: deterministic merge, the Foraging task and independent PPO;
+CoopForaging (full and partial view), its heuristics and IPPO on it."""
 
 from __future__ import annotations
 
@@ -266,7 +267,7 @@ COOP = apps.CoopForaging(num_agents=3, grid=5, num_light=2, num_heavy=1)
 COOP_PARAMS = apps.CoopForagingParams(light_value=1.0, heavy_value=4.0)
 
 
-def _coop_state(pos, light=(), heavy=(), env=COOP):
+def _coop_state(pos, light=(), heavy=(), env=COOP, params=COOP_PARAMS):
     g = env.grid
     maps = {}
     for name, cells in (("light", light), ("heavy", heavy)):
@@ -274,7 +275,7 @@ def _coop_state(pos, light=(), heavy=(), env=COOP):
         for r, c in cells:
             m[r, c] = 1.0
         maps[name] = m
-    state = env.initial_state(jax.random.key(0), COOP_PARAMS)
+    state = env.initial_state(jax.random.key(0), params)
     return env.commit(state, [mm.Delta.full("agents/pos", jnp.asarray(pos, jnp.int32)),
                               mm.Delta.full("light", jnp.asarray(maps["light"])),
                               mm.Delta.full("heavy", jnp.asarray(maps["heavy"]))])
@@ -387,3 +388,107 @@ def test_ippo_learns_coop_foraging():
     light = apps.evaluate_team(env, apps.coop_heuristic(env, "nearest_light"),
                                jax.random.key(1), 256, COOP_PARAMS)
     assert float(trained.mean()) > float(light.mean())
+
+
+# -- CoopForaging with a partial view ----------------------------------------------------------
+
+PARTIAL = apps.CoopForaging(num_agents=3, grid=8, num_light=3, num_heavy=2, need=2, view=2)
+PARTIAL_PARAMS = apps.CoopForagingParams(episode_len=24)
+
+def _partial_state(pos, light=(), heavy=()):
+    return _coop_state(pos, light, heavy, env=PARTIAL, params=PARTIAL_PARAMS)
+
+
+def test_partial_view_window_shape_and_contents():
+    assert PARTIAL.obs_dim == 3 * 5 * 5 + 2
+    state = _partial_state([[0, 0], [7, 7], [1, 2]], light=[(2, 2), (6, 6)], heavy=[(0, 1)])
+    obs = np.asarray(state.pages["obs"])
+    assert obs.shape == (3, PARTIAL.obs_dim)
+    light0 = obs[0, :25].reshape(5, 5)  # agent 0 at (0, 0): window rows/cols -2..2
+    assert light0[4, 4] == 1.0 and light0.sum() == 1.0  # (2, 2) seen, (6, 6) out of view
+    heavy0 = obs[0, 25:50].reshape(5, 5)
+    assert heavy0[2, 3] == 1.0
+    others0 = obs[0, 50:75].reshape(5, 5)
+    assert others0[3, 4] == 1.0 and others0.sum() == 1.0  # agent 2 at (1, 2); agent 1 unseen
+    full = apps.CoopForaging(num_agents=3, grid=8, num_light=3, num_heavy=2)
+    assert full.view == 7 and full.obs_dim == 3 * 15 * 15 + 2
+
+
+@pytest.mark.parametrize("view", [0, 8, -1])
+def test_bad_view_is_refused(view):
+    with pytest.raises(OptionError):
+        apps.CoopForaging(num_agents=3, grid=8, view=view)
+
+
+def test_partial_view_episode_is_deterministic_and_joint_rule_holds():
+    step = jax.jit(lambda k, s, a: PARTIAL.step(k, s, a, PARTIAL_PARAMS))
+    policy = jax.jit(apps.coop_heuristic(PARTIAL, "split"))
+
+    def run(key):
+        obs, state = PARTIAL.reset(key, PARTIAL_PARAMS)
+        rewards, heavies = [], []
+        for k in jax.random.split(key, 12):
+            ka, ks = jax.random.split(k)
+            obs, state, r, _, info = step(ks, state, policy(ka, obs))
+            rewards.append(float(r))
+            heavies.append(int(info["heavy"]))
+        return rewards, heavies, np.asarray(state.pages["agents/pos"])
+
+    a, b = run(jax.random.key(3)), run(jax.random.key(3))
+    assert a[0] == b[0] and a[1] == b[1] and np.array_equal(a[2], b[2])
+    # A lone agent next to a heavy item does not collect it; two in reach do.
+    state = _partial_state([[3, 3], [0, 7], [7, 0]], heavy=[(3, 4)])
+    _, _, r, _, info = step(jax.random.key(0), state, jnp.array([0, 0, 0]))
+    assert int(info["heavy"]) == 0 and float(r) == 0.0
+    state = _partial_state([[3, 3], [4, 4], [7, 0]], heavy=[(3, 4)])
+    _, _, r, _, info = step(jax.random.key(0), state, jnp.array([0, 0, 0]))
+    assert int(info["heavy"]) == 1 and float(r) == PARTIAL_PARAMS.heavy_value
+
+
+def test_heuristics_see_only_their_window():
+    policy = apps.coop_heuristic(PARTIAL, "rendezvous")
+    # Agent 0 sees the heavy item at (0, 2) but no teammate: it walks into reach and waits.
+    state = _partial_state([[0, 0], [7, 7], [7, 4]], heavy=[(0, 2)])
+    act = np.asarray(policy(jax.random.key(0), state.pages["obs"]))
+    assert act[0] == 2  # east, to (0, 1), in reach
+    state = _partial_state([[0, 1], [7, 7], [7, 4]], heavy=[(0, 2)])
+    # It stays in reach: stay, or north into the wall (clipped: the same cell).
+    assert int(policy(jax.random.key(0), state.pages["obs"])[0]) in (0, 1)
+    # Agents that see nothing wander: random legal moves (key-dependent, never into a wall).
+    blind = _partial_state([[7, 7], [7, 6], [6, 7]], heavy=[(0, 0)])
+    moves = {tuple(np.asarray(policy(k, blind.pages["obs"])))
+             for k in jax.random.split(jax.random.key(1), 8)}
+    assert len(moves) > 1
+    assert all(m[0] in (1, 4) for m in moves)  # from (7, 7) only north or west move
+
+
+def test_short_ippo_run_beats_random_with_a_partial_view():
+    config = PPOConfig(lr=1e-3, num_envs=32, num_steps=24, total_timesteps=32 * 24 * 120,
+                       update_epochs=4, num_minibatches=4, gamma=0.95, hidden=64)
+    out, graphdef = apps.train_ippo(config, PARTIAL, jax.random.key(0), PARTIAL_PARAMS)
+    trained = apps.evaluate_team(PARTIAL, apps.team_policy(graphdef, out.params),
+                                 jax.random.key(1), 256, PARTIAL_PARAMS)
+    rand = apps.evaluate_team(PARTIAL, None, jax.random.key(1), 256, PARTIAL_PARAMS)
+    assert float(trained.mean()) > 1.5 * float(rand.mean())
+
+
+def test_exploring_heuristics_head_for_the_centre_and_leave_lone_beacons():
+    keys = jax.random.split(jax.random.key(2), 16)
+    # Nothing in view from (0, 0): split_center walks towards the centre (south or east) on
+    # every key; split wanders at random.
+    blind = _partial_state([[0, 0], [7, 7], [7, 6]], heavy=[(7, 0)])
+    centre = {int(apps.coop_heuristic(PARTIAL, "split_center")(k, blind.pages["obs"])[0])
+              for k in keys}
+    assert centre <= {2, 3} and len(centre) == 1
+    # Alone next to a heavy item, nothing else in view: split waits in reach on every key,
+    # split_roam leaves on some.
+    beacon = _partial_state([[0, 0], [7, 7], [7, 6]], heavy=[(0, 1)])
+
+    def first_moves(name):
+        policy = apps.coop_heuristic(PARTIAL, name)
+        return [int(policy(k, beacon.pages["obs"])[0]) for k in keys]
+
+    assert all(a in (0, 1, 4) for a in first_moves("split"))  # stay, or into a wall
+    assert any(a in (2, 3) for a in first_moves("split_roam"))
+    with pytest.raises(OptionError):
+        apps.coop_heuristic(PARTIAL, "split_everything")
