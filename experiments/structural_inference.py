@@ -19,8 +19,12 @@ Generators (truth in brackets):
 
 Estimators: ``cascade`` (``infer_dependencies`` on the changes alone), ``causal``
 (``infer_causal`` on writes + changes; bus logs also with the log's own page order), and for
-bus logs ``probes`` (``probe_bus``). Evaluation seeds 0..S-1; the thresholds were chosen on
-seeds 100+. Run ``python experiments/structural_inference.py [--quick]``.
+bus logs the interventional ``probe_bus``: ``probes_one_state`` (the state at one seq, no
+synthetic contexts, finite probes only) and ``probes`` (the states at four seqs spread over the
+log, four synthetic contexts, non-finite probes), the latter also scored against
+``read_truth`` (the declared edges whose function's jaxpr reads the input;
+``declared_edges_never_read`` counts the others per seed). Evaluation seeds 0..S-1; the
+thresholds were chosen on seeds 100+. Run ``python experiments/structural_inference.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ import argparse
 import tempfile
 import time
 
+import jax
 import jax.numpy as jnp
 import matplotlib
 import networkx as nx
 import numpy as np
 from _common import RESULTS, write_json
+from jax.extend import core as jcore
 from tqdm import tqdm
 
 import mmsb_jax as mm
@@ -134,6 +140,29 @@ def truth_of(graph) -> np.ndarray:
     return a
 
 
+def read_truth(graph) -> np.ndarray:
+    """The declared edges whose function reads its input: an input the function's jaxpr
+    never uses (dead code, e.g. the dense broad phase's constant ``overflow``) cannot change
+    the output under any intervention. Nested jaxprs (``jit``, ``cond``) count as reading
+    every operand they are given."""
+    names = graph.schema.names
+    index = {n: i for i, n in enumerate(names)}
+    a = np.zeros((len(names), len(names)), bool)
+    for n in graph.derived:
+        d = graph.derivation(n)
+        specs = [jax.ShapeDtypeStruct(graph.schema[i].shape, graph.schema[i].dtype)
+                 for i in d.inputs]
+        jaxpr = jax.make_jaxpr(d.fn)(*specs).jaxpr
+        live = {v for v in jaxpr.outvars if isinstance(v, jcore.Var)}
+        for eqn in reversed(jaxpr.eqns):
+            if any(v in live for v in eqn.outvars):
+                live.update(v for v in eqn.invars if isinstance(v, jcore.Var))
+        for name, var in zip(d.inputs, jaxpr.invars, strict=True):
+            if var in live:
+                a[index[name], index[n]] = True
+    return a
+
+
 def gen_bus_random(seed: int, commits: int, directory: str):
     rng = np.random.default_rng(seed)
     schema = mm.Schema([mm.PageSpec(f"r{i}", (8,), "float32") for i in range(4)])
@@ -209,7 +238,9 @@ def synthetic(seeds: list[int], commits: int, bar: tqdm) -> dict:
 def bus_logs(seeds: list[int], commits: dict, bar: tqdm) -> dict:
     out = {}
     for name, gen in (("bus_random", gen_bus_random), ("world", gen_world)):
-        rows = {"cascade": [], "causal": [], "causal_log_order": [], "probes": []}
+        rows = {"cascade": [], "causal": [], "causal_log_order": [], "probes_one_state": [],
+                "probes": [], "probes_vs_read_edges": []}
+        unread = []
         for seed in seeds:
             with tempfile.TemporaryDirectory() as d:
                 truth, holder, graph = gen(seed, commits[name], d)
@@ -221,17 +252,24 @@ def bus_logs(seeds: list[int], commits: dict, bar: tqdm) -> dict:
                     truth, R.infer_causal(log.written, log.changed).edges))
                 rows["cascade"].append(R.edge_precision_recall(
                     truth, R.infer_dependencies(log.changed).edges))
-                probe = R.probe_bus(bus, graph=graph, key=seed)
+                one = R.probe_bus(bus, graph=graph, key=seed, contexts=0, nonfinite=False)
+                rows["probes_one_state"].append(R.edge_precision_recall(truth, one.edges))
+                seqs = np.linspace(1, bus.seq, 4).astype(int).tolist()
+                probe = R.probe_bus(bus, seqs[::-1], graph=graph, key=seed)
                 rows["probes"].append(R.edge_precision_recall(truth, probe.edges))
+                read = read_truth(graph)
+                unread.append(int((truth & ~read).sum()))
+                rows["probes_vs_read_edges"].append(R.edge_precision_recall(read, probe.edges))
                 holder.close()
             bar.update(1)
         out[name] = {k: summarise(v) for k, v in rows.items()}
+        out[name]["declared_edges_never_read"] = unread
     return out
 
 
 def plot(results: dict, path) -> None:
     keys = list(results)
-    methods = sorted({m for k in keys for m in results[k]})
+    methods = sorted({m for k in keys for m, v in results[k].items() if isinstance(v, dict)})
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
     width = 0.8 / len(methods)
     for ax, metric in zip(axes, ("precision", "recall"), strict=True):
@@ -268,7 +306,7 @@ def main() -> None:
     plot(results, RESULTS / "structural_inference.png")
     for k, v in results.items():
         print(k, {m: (round(s["precision"]["mean"], 3), round(s["recall"]["mean"], 3))
-                  for m, s in v.items()})
+                  for m, s in v.items() if isinstance(s, dict)})
     print("wrote", path)
 
 

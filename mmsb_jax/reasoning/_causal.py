@@ -30,13 +30,14 @@ Two estimators of the direct dependency edges ``u -> v`` ("``v`` is computed fro
   All noisy-OR fits of one step (every target with every candidate added or removed) are one
   jitted EM of fixed shape, so a log of one shape compiles once.
 
-* :func:`probe_dependencies` — interventional, exact: on a copy of a State (e.g.
-  ``bus.at(seq)``; nothing is committed or logged), each page in turn is set to random values
-  and the graph propagates (the commit law, ``apply`` then ``propagate``); the pages whose
-  value changes are its descendants. A pair ``u ⇝ v`` with intermediate pages is then probed
-  again with every intermediate held at its current value (graph surgery: ``do(w := w)``), so
-  ``v`` changes only if ``u`` is one of its inputs: this recovers direct edges that a
-  transitive reduction would drop. :func:`probe_bus` runs it on a Bus at a seq.
+* :func:`probe_dependencies` — interventional: on copies of States (e.g. ``bus.at(seq)`` at
+  several seqs, plus synthetic contexts made from them; nothing is committed or logged), each
+  page in turn is set to random (and non-finite) values and the graph propagates (the commit
+  law, ``apply`` then ``propagate``); the pages whose value changes are its descendants. Each
+  pair ``u ⇝ v`` is then probed again with every other derived page held at its value (graph
+  surgery: ``do(w := w)``), so ``v`` changes only if ``u`` is one of its inputs: every edge
+  found is real, and direct edges that a transitive reduction would drop are kept.
+  :func:`probe_bus` runs it on a Bus at one or more seqs.
 
 >>> import numpy as np
 >>> written = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]] * 30, bool)
@@ -47,7 +48,6 @@ Two estimators of the direct dependency edges ``u -> v`` ("``v`` is computed fro
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -125,12 +125,14 @@ class ProbeResult(NamedTuple):
       reachability: ``bool[P, P]`` ``u``'s probes changed ``v`` (strict).
       names: the page names of the rows and columns.
       probes: number of propagations run.
+      contexts: number of states probed (given states plus synthetic contexts).
     """
 
     edges: np.ndarray  # bool[P, P]
     reachability: np.ndarray  # bool[P, P]
     names: tuple[str, ...]
     probes: int
+    contexts: int = 1
 
 
 # -- building change logs ------------------------------------------------------------------
@@ -489,8 +491,14 @@ def infer_causal(written: Any, changed: Any | None = None, *,
 # -- probes ----------------------------------------------------------------------------------
 
 def _perturb(x: jax.Array, key: jax.Array, k: int) -> jax.Array:
-    """A value of ``x``'s shape and dtype that differs from ``x`` (probe ``k``)."""
+    """A value of ``x``'s shape and dtype that differs from ``x`` (probe ``k``).
+
+    Negative ``k`` are the non-finite probes of floating pages: ``-1`` all ``+inf``, ``-2``
+    all ``-inf``, ``-3`` all NaN.
+    """
     dtype = x.dtype
+    if k < 0:
+        return jnp.full(x.shape, (jnp.inf, -jnp.inf, jnp.nan)[-k - 1], dtype)
     if dtype == jnp.bool_:
         return ~x if k == 0 else jax.random.bernoulli(key, 0.5, x.shape)
     if jnp.issubdtype(dtype, jnp.integer):
@@ -500,10 +508,9 @@ def _perturb(x: jax.Array, key: jax.Array, k: int) -> jax.Array:
 
 
 def _differs(a: jax.Array, b: jax.Array) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    if a.dtype.kind == "f":
-        return not np.array_equal(a, b, equal_nan=True)
-    return not np.array_equal(a, b)
+    """Whether the bits differ (``-0.0`` vs ``0.0`` is a change a later page may see)."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape != b.shape or a.tobytes() != b.tobytes()
 
 
 def _complete_state(graph: Any, state: Any) -> Any:
@@ -520,111 +527,244 @@ def _complete_state(graph: Any, state: Any) -> Any:
     return propagate(graph, full, tuple(graph.base.names))
 
 
-def probe_dependencies(graph: Any, state: Any, *, key: jax.Array | int = 0,
-                       num_probes: int = 3, direct: bool = True) -> ProbeResult:
-    """Direct dependency edges of ``graph`` by interventions on a copy of ``state``.
+def _context_page(x: jax.Array, key: jax.Array, j: int) -> jax.Array:
+    """Base page ``x`` in synthetic context ``j`` (1, 2, ...).
 
-    For each page ``u``: ``num_probes`` random values of ``u`` are set in a copy of ``state``
-    and propagated (``mm.propagate`` with ``dirty=(u,)``, the commit law); the pages whose
-    value changes are reachable from ``u``. With ``direct``, every reachable pair ``u ⇝ v``
-    that has intermediate pages is probed again on a graph in which those intermediates are
-    held at their current values (each redefined as a constant: ``do(w := w)``), so ``v``
-    changes only through a direct edge; pairs without intermediates are direct edges. The
-    graph's functions are only evaluated, never inspected. Nothing is committed.
+    Odd ``j`` *spread* the page (every element moved by noise of its own scale: opens gates,
+    changes which input of a max wins); even ``j`` *concentrate* it (its rows resampled from
+    ``max(1, rows >> j)`` of its own rows with a small jitter: coincidences such as
+    overlapping entities or crowded cells; boolean pages all True). Scalars and pages of one
+    row are only spread.
+    """
+    dtype = x.dtype
+    k_rows, k_noise = jax.random.split(key)
+    if j % 2 or x.ndim == 0 or x.shape[0] < 2:
+        if dtype == jnp.bool_:
+            return jax.random.bernoulli(k_noise, 0.5, x.shape)
+        if jnp.issubdtype(dtype, jnp.integer):
+            return (x + jax.random.randint(k_noise, x.shape, -3, 4)).astype(dtype)
+        return (x + jax.random.normal(k_noise, x.shape) * (1.0 + jnp.abs(x))).astype(dtype)
+    if dtype == jnp.bool_:
+        return jnp.ones_like(x)
+    n = x.shape[0]
+    pool = jax.random.choice(k_rows, n, (max(1, n >> j),), replace=False)
+    rows = x[pool[jax.random.randint(k_noise, (n,), 0, pool.shape[0])]]
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return rows
+    jitter = jax.random.normal(jax.random.fold_in(k_noise, 1), x.shape) * 1e-3
+    return (rows + jitter * (1.0 + jnp.abs(rows))).astype(dtype)
+
+
+def _contexts(graph: Any, state: Any, key: jax.Array, count: int) -> list[Any]:
+    """``count`` synthetic states: every base page of ``state`` replaced by
+    :func:`_context_page`, derived pages recomputed."""
+    from mmsb_jax.core.propagate import propagate
+
+    base = tuple(graph.base.names)
+    out = []
+    for j in range(1, count + 1):
+        keys = jax.random.split(jax.random.fold_in(key, j), len(base))
+        pages = {n: _context_page(state.pages[n], keys[i], j) for i, n in enumerate(base)}
+        out.append(propagate(graph, state.with_pages(pages), base))
+    return out
+
+
+def _held_graph(graph: Any, middle: Sequence[str]) -> tuple[Any, dict[str, str]]:
+    """``graph`` with every page of ``middle`` cut from its inputs (graph surgery).
+
+    Each held page ``w`` becomes a copy of a new base page ``hold(w)``; setting ``hold(w)``
+    to ``w``'s value in a state is ``do(w := w)``. One graph per set of held pages, whatever
+    the state, so probing several states compiles it once.
+
+    Returns:
+      ``(held graph, {w: hold(w)})``.
+    """
+    from mmsb_jax.core.graph import Graph
+    from mmsb_jax.core.pages import PageSpec, Schema
+
+    taken = set(graph.schema.names)
+    hold = {}
+    for w in middle:
+        name, i = f"probe_hold/{w}", 0
+        while name in taken:
+            i += 1
+            name = f"probe_hold{i}/{w}"
+        hold[w] = name
+        taken.add(name)
+    specs = list(graph.base.specs)
+    for w in middle:
+        spec = graph.schema[w]
+        specs.append(PageSpec(hold[w], spec.shape, spec.dtype))
+    held = Graph(Schema(specs))
+    for n in graph.topological_order():
+        if not graph.is_derived(n):
+            continue
+        if n in hold:
+            held = held.derive(n, (hold[n],), _identity)
+        else:
+            d = graph.derivation(n)
+            held = held.derive(n, d.inputs, d.fn)
+    return held, hold
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+def probe_dependencies(graph: Any, state: Any, *, key: jax.Array | int = 0,
+                       num_probes: int = 3, contexts: int = 4, nonfinite: bool = True,
+                       direct: bool = True) -> ProbeResult:
+    """Direct dependency edges of ``graph`` by interventions on copies of ``state``.
+
+    Probing runs in several *contexts*: the given state(s) and ``contexts`` synthetic states
+    made from the first one (its base pages spread by noise or concentrated onto a few of
+    their own rows, derived pages recomputed), because a function may ignore an input in one
+    state (a closed gate, a collision that does not happen) and read it in another. In each
+    context, each page ``u`` is set to ``num_probes`` random values in turn and propagated
+    (``mm.propagate`` with ``dirty=(u,)``, the commit law); the pages whose value changes are
+    reachable from ``u``. With ``direct``, every reachable pair ``u ⇝ v`` is probed again on
+    a graph in which every derived page but ``v`` is held at the context's values (graph
+    surgery, ``do(w := w)``: the controlled direct effect), so ``v`` changes only if it reads
+    ``u`` itself. A change of ``v``'s bits is proof of that, so every edge found is real
+    (precision 1); an input that no context makes matter is missed. The graph's functions
+    are only evaluated, never inspected (its edges only say which pages propagation
+    recomputes), and nothing is committed.
 
     Args:
       graph: an ``mm.Graph``.
-      state: a State of ``graph.schema`` (derived pages are computed if it lacks them, e.g.
-        the state of a bus holding only the base pages).
-      key: a PRNG key or seed for the probe values.
-      num_probes: random values per probed page (several guard against cut-off, e.g. a
-        thresholded function that ignores one particular change).
-      direct: also probe with intermediates held fixed (otherwise edges are the transitive
-        reduction of the reachability).
+      state: a State of ``graph.schema``, or a non-empty sequence of them (e.g. a bus's
+        states at several seqs); derived pages are computed if a state lacks them.
+      key: a PRNG key or seed for the probe values and the synthetic contexts.
+      num_probes: random values per probed page and context (several guard against cut-off,
+        e.g. a thresholded function that ignores one particular change).
+      contexts: synthetic contexts added to the given states (0: only the given states).
+      nonfinite: also probe floating pages with ``+inf``, ``-inf`` and NaN in every context.
+        Non-finite values flow through arithmetic that cuts every finite change off (``0 *
+        x``, a saturated ``clip`` of a sum), so a change then still proves that ``v`` reads
+        ``u``.
+      direct: probe each reachable pair with the other derived pages held (one held graph
+        per derived page); otherwise edges are the transitive reduction of the
+        reachability.
 
     Returns:
       :class:`ProbeResult` in ``graph.schema`` order.
 
     Raises:
-      GraphError: ``graph`` is not an ``mm.Graph``. InvalidProblemError: ``num_probes < 1``.
+      GraphError: ``graph`` is not an ``mm.Graph``. InvalidProblemError: ``num_probes < 1``,
+      ``contexts < 0`` or no state.
     """
     from mmsb_jax.core.graph import Graph
+    from mmsb_jax.core.pages import State
     from mmsb_jax.core.propagate import propagate
     from mmsb_jax.reasoning._structure import transitive_reduction
 
     if not isinstance(graph, Graph):
         raise GraphError(f"probe_dependencies needs an mm.Graph, got {type(graph).__name__}")
-    if int(num_probes) < 1:
-        raise InvalidProblemError(f"num_probes must be >= 1, got {num_probes}")
+    num_probes = _at_least(num_probes, 1, "num_probes")
+    contexts = _at_least(contexts, 0, "contexts")
+    given = [state] if isinstance(state, State) else list(state)
+    if not given:
+        raise InvalidProblemError("probe_dependencies needs at least one state")
     key = jax.random.key(key) if isinstance(key, int) else key
-    state = _complete_state(graph, state)
+    key, k_ctx = jax.random.split(key)
+    states = [_complete_state(graph, s) for s in given]
+    states += _contexts(graph, states[0], k_ctx, contexts)
     names = tuple(graph.schema.names)
     num = len(names)
     index = {n: i for i, n in enumerate(names)}
     reach = np.zeros((num, num), bool)
     runs = 0
 
-    def probe(g: Any, u: str, k: int, sub: jax.Array) -> set[str]:
-        value = _perturb(state.pages[u], sub, k)
-        probed = state.with_pages({u: value}, {u: state.epochs[u]})
-        out = propagate(g, probed, (u,))
-        return {n for n in g.descendants(u) if _differs(out.pages[n], state.pages[n])}
+    def probe(g: Any, st: Any, u: str, k: int, sub: jax.Array, watch: Iterable[str]
+              ) -> set[str]:
+        value = _perturb(st.pages[u], sub, k)
+        out = propagate(g, st.with_pages({u: value}, {u: st.epochs[u]}), (u,))
+        return {n for n in watch if _differs(out.pages[n], st.pages[n])}
 
-    keys = jax.random.split(key, num * int(num_probes)).reshape(num, int(num_probes))
-    for u in names:
-        for k in range(int(num_probes)):
-            for n in probe(graph, u, k, keys[index[u], k]):
-                reach[index[u], index[n]] = True
-            runs += 1
-    edges = np.array(transitive_reduction(jnp.asarray(reach)))
-    if direct:
+    keys = jax.random.split(key, num * num_probes).reshape(num, num_probes)
+
+    def kinds(u: str) -> range:
+        floating = jnp.issubdtype(graph.schema[u].dtype, jnp.floating)
+        return range(-3 if nonfinite and floating else 0, num_probes)
+
+    for c, st in enumerate(states):
         for u in names:
-            iu = index[u]
-            for v in names:
-                iv = index[v]
-                middle = [w for w in names if reach[iu, index[w]] and reach[index[w], iv]]
-                if not reach[iu, iv] or not middle or edges[iu, iv]:
+            for k in kinds(u):
+                sub = jax.random.fold_in(keys[index[u], max(k, 0)], c)
+                for n in probe(graph, st, u, k, sub, graph.descendants(u)):
+                    reach[index[u], index[n]] = True
+                runs += 1
+    if not direct:
+        edges = np.array(transitive_reduction(jnp.asarray(reach)))
+        return ProbeResult(edges, reach, names, runs, len(states))
+    edges = np.zeros_like(reach)
+    for v in graph.derived:
+        iv = index[v]
+        sources = [u for u in names if reach[index[u], iv]]
+        if not sources:
+            continue
+        # every derived page but v held at the context's values: v changes only through
+        # an input it reads directly
+        held, hold = _held_graph(graph, [w for w in graph.derived if w != v])
+        for c, st in enumerate(states):
+            held_state = _with_holds(held, st, hold)
+            for u in sources:
+                iu = index[u]
+                if edges[iu, iv]:
                     continue
-                held = graph
-                for w in middle:
-                    const = state.pages[w]
-                    held = held.derive(w, (u,), functools.partial(_constant, const))
-                for k in range(int(num_probes)):
+                for k in kinds(u):
                     runs += 1
-                    if v in probe(held, u, k, jax.random.fold_in(keys[iu, k], iv)):
+                    sub = jax.random.fold_in(jax.random.fold_in(keys[iu, max(k, 0)], iv), c)
+                    if probe(held, held_state, u, k, sub, (v,)):
                         edges[iu, iv] = True
                         break
-    return ProbeResult(edges, reach, names, runs)
+    return ProbeResult(edges, reach, names, runs, len(states))
 
 
-def _constant(value: jax.Array, _: jax.Array) -> jax.Array:
-    return value
+def _with_holds(held: Any, state: Any, hold: dict[str, str]) -> Any:
+    """``state`` in ``held``'s schema: each hold page set to the value of the page it holds."""
+    from mmsb_jax.core.pages import State
+
+    source = {h: w for w, h in hold.items()}
+    names = held.schema.names
+    return State(pages={n: state.pages[source.get(n, n)] for n in names},
+                 epochs={n: state.epochs[source.get(n, n)] for n in names})
 
 
-def probe_bus(bus: Any, seq: int | None = None, *, graph: Any = None,
-              key: jax.Array | int = 0, num_probes: int = 3, direct: bool = True
-              ) -> ProbeResult:
-    """:func:`probe_dependencies` on the state of a Bus after commit ``seq``.
+def _at_least(value: Any, low: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise InvalidProblemError(f"{what} must be an int >= {low}, got {value!r}")
+    return int(value)
 
-    The state comes from time travel (``bus.at(seq)``); the probes run on that copy, so the
+
+def probe_bus(bus: Any, seq: int | Sequence[int] | None = None, *, graph: Any = None,
+              key: jax.Array | int = 0, num_probes: int = 3, contexts: int = 4,
+              nonfinite: bool = True, direct: bool = True) -> ProbeResult:
+    """:func:`probe_dependencies` on the state(s) of a Bus after commit ``seq``.
+
+    The states come from time travel (``bus.at(seq)``); the probes run on copies, so the
     bus, its state and its log are left exactly as they were.
 
     Args:
       bus: an open ``mm.Bus``.
-      seq: the commit whose state is probed (default: the current seq).
+      seq: the commit whose state is probed, or several (each state is a context; the
+        synthetic contexts are made from the first); default: the current seq.
       graph: the graph of derived pages (default: the Bus's own graph).
-      key, num_probes, direct: as :func:`probe_dependencies`.
+      key, num_probes, contexts, nonfinite, direct: as :func:`probe_dependencies`.
 
     Returns:
       :class:`ProbeResult`.
 
     Raises:
       GraphError: no graph (the bus has none and none is given).
-      UnknownSeqError: ``seq`` is out of range (from ``bus.at``).
+      UnknownSeqError: a ``seq`` is out of range (from ``bus.at``).
+      InvalidProblemError: an empty sequence of seqs, or a bad ``num_probes``/``contexts``.
     """
     graph = bus.graph if graph is None else graph
     if graph is None:
         raise GraphError("the bus has no graph of derived pages; pass graph=")
-    state = bus.at(bus.seq if seq is None else seq)
-    return probe_dependencies(graph, state, key=key, num_probes=num_probes, direct=direct)
+    seqs = [bus.seq] if seq is None else [seq] if isinstance(seq, int | np.integer) else seq
+    states = [bus.at(int(s)) for s in seqs]
+    return probe_dependencies(graph, states, key=key, num_probes=num_probes,
+                              contexts=contexts, nonfinite=nonfinite, direct=direct)
 

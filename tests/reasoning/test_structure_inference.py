@@ -107,6 +107,50 @@ def test_probes_recover_graph_exactly_and_leave_the_log_alone(bus) -> None:
     assert after == files and [p.read_bytes() for p in after] == before
 
 
+def context_graph() -> mm.Graph:
+    """Inputs that matter only in some states: a gate that is closed, a collision that does
+    not happen, and an input that every finite change is cut off from (``0 * x``)."""
+    schema = mm.Schema([mm.PageSpec("gate", (4,), "float32"), mm.PageSpec("x", (4,), "float32"),
+                        mm.PageSpec("pos", (6,), "float32"), mm.PageSpec("on", (6,), "bool")])
+    g = mm.Graph(schema)
+    g = g.derive("gated", ("gate", "x"), lambda gate, x: jnp.where(gate > 0.0, x, 0.0))
+    g = g.derive("zero", ("x",), lambda x: jnp.where(x > 0, 0.0 * x, 0.0))
+
+    def crowded(pos, on):  # some two live entries closer than 1e-2
+        d = jnp.abs(pos[:, None] - pos[None, :]) + jnp.eye(6) * 1e9
+        return jnp.any((d < 1e-2) & on[:, None] & on[None, :])
+
+    return g.derive("crowded", ("pos", "on"), crowded)
+
+
+def test_probe_contexts_find_inputs_the_given_state_hides() -> None:
+    graph = context_graph()
+    state = mm.init_state(graph.base)
+    state = state.with_pages({"gate": -jnp.ones(4), "pos": jnp.arange(6.0) * 10.0,
+                              "on": jnp.zeros(6, bool)})
+    truth = truth_of(graph)
+    bare = C.probe_dependencies(graph, state, contexts=0, nonfinite=False)
+    names = bare.names
+    missed = {(names[u], names[v]) for u, v in zip(*np.nonzero(truth & ~bare.edges), strict=True)}
+    assert {("x", "gated"), ("x", "zero"), ("pos", "crowded")} <= missed
+    assert not (bare.edges & ~truth).any() and bare.contexts == 1
+    full = C.probe_dependencies(graph, state)
+    np.testing.assert_array_equal(full.edges, truth)
+    assert full.contexts == 5 and full.probes > bare.probes
+    # two given states: the second opens the gate, still no synthetic context needed for it
+    open_gate = state.with_pages({"gate": jnp.ones(4)})
+    two = C.probe_dependencies(graph, [state, open_gate], contexts=0, nonfinite=False)
+    assert two.edges[names.index("x"), names.index("gated")] and two.contexts == 2
+
+
+def test_probe_bus_over_several_seqs(bus) -> None:
+    one = C.probe_bus(bus, seq=bus.seq - 10, key=1, contexts=0)
+    many = C.probe_bus(bus, seq=[bus.seq - 10, bus.seq - 5, bus.seq], key=1, contexts=0)
+    assert many.contexts == 3 and one.contexts == 1
+    assert not (one.edges & ~many.edges).any()  # more states only add (true) edges
+    np.testing.assert_array_equal(many.edges, truth_of(bus.graph))
+
+
 def test_bad_inputs_raise_typed_errors(bus) -> None:
     w = np.zeros((5, 3), bool)
     with pytest.raises(errors.DTypeError):
@@ -133,8 +177,16 @@ def test_bad_inputs_raise_typed_errors(bus) -> None:
         C.probe_dependencies("not a graph", None)
     with pytest.raises(errors.InvalidProblemError):
         C.probe_dependencies(bus.graph, bus.state, num_probes=0)
+    with pytest.raises(errors.InvalidProblemError):
+        C.probe_dependencies(bus.graph, bus.state, contexts=-1)
+    with pytest.raises(errors.InvalidProblemError):
+        C.probe_dependencies(bus.graph, [])
+    with pytest.raises(errors.InvalidProblemError):
+        C.probe_bus(bus, seq=[])
     with pytest.raises(errors.UnknownSeqError):
         C.probe_bus(bus, seq=10_000)
+    with pytest.raises(errors.UnknownSeqError):
+        C.probe_bus(bus, seq=[1, 10_000])
 
 
 def test_changelog_from_sets() -> None:
