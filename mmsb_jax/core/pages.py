@@ -320,11 +320,18 @@ class State:
             new_epochs = cast(PageMap, self.epochs)._data.copy()
             new_epochs.update(epochs)
             new_epochs = PageMap._wrap(new_epochs)
-        # Both maps are fresh PageMaps: skip the constructor's conversions (commit hot path).
+        return State._wrap(new_pages, new_epochs, self.shardings)
+
+    @staticmethod
+    def _wrap(pages: dict[str, Any], epochs: PageMap | dict[str, Any],
+              shardings: tuple) -> State:
+        """A State owning ``pages``/``epochs`` (fresh dicts the caller hands over, already
+        in page order): skips the constructor's conversions (the commit hot path)."""
         out = object.__new__(State)
-        object.__setattr__(out, "pages", PageMap._wrap(new_pages))
-        object.__setattr__(out, "epochs", new_epochs)
-        object.__setattr__(out, "shardings", self.shardings)
+        object.__setattr__(out, "pages", PageMap._wrap(pages))
+        object.__setattr__(out, "epochs", epochs if isinstance(epochs, PageMap)
+                           else PageMap._wrap(epochs))
+        object.__setattr__(out, "shardings", shardings)
         return out
 
     def sharding_of(self, name: str) -> jax.sharding.NamedSharding | None:

@@ -20,6 +20,7 @@ binary expansion (at most ``max_chunk`` each), so one structure compiles at most
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,7 +30,7 @@ from jax import lax
 
 from mmsb_jax.core.delta import PADDING, Delta, apply_batch, validate_deltas
 from mmsb_jax.core.pages import PageMap, State
-from mmsb_jax.errors import IndexOutOfRangeError
+from mmsb_jax.errors import IndexOutOfRangeError, OptionError
 
 if TYPE_CHECKING:
     from mmsb_jax.core.graph import Graph
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_CHUNK",
+    "CompiledTransaction",
     "TransactionRunner",
     "apply_stacked",
     "apply_transaction",
@@ -135,6 +137,87 @@ def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = Tr
     pages, epochs, shardings = _operands(state, deltas, graph)
     pages, epochs = (_txn_donated if donate else _txn)(graph, pages, epochs, deltas, shardings)
     return state.with_pages(pages, epochs)
+
+
+class CompiledTransaction:
+    """:func:`apply_transaction` specialised to one transaction structure: the commit hot path.
+
+    Built once per structure (``txn_structure``) and page shardings, it holds a jitted
+    function of flat tuples of arrays, ``(pages, epochs, leaves) -> (pages', epochs')``, whose
+    body is the very function :func:`apply_transaction` jits (same merge, same bits). A call
+    gathers the operands by name, dispatches on JAX's C++ fast path (nothing but arrays in
+    tuples crosses the boundary) and rebuilds the State around the results. Deltas must
+    already be validated. ``Bus.commit`` keeps one per cached commit plan.
+
+    Args:
+      state: a State with the page shardings later calls pass (see :meth:`matches`).
+      deltas: a transaction of the structure (at least one Delta).
+      graph: as for :func:`apply_transaction`.
+      donate: as for :func:`apply_transaction`.
+
+    Raises:
+      OptionError: ``deltas`` is empty.
+    """
+
+    __slots__ = ("_fn", "_names", "_shardings", "_single")
+
+    def __init__(self, state: State, deltas: Sequence[Delta], *, graph: Graph | None = None,
+                 donate: bool = False):
+        if not deltas:
+            raise OptionError("CompiledTransaction needs at least one delta (an empty "
+                              "transaction changes nothing)")
+        names = tuple(state.pages) if graph is not None else touched_pages(deltas)
+        _, _, shardings = _operands(state, deltas, graph)
+        spec = tuple((d.page, d.kind, d.op, d.count, d.unique, d.indices is not None,
+                      d.mask is not None) for d in deltas)
+        self._names = names
+        self._shardings = state.shardings
+        self._single = len(names) == 1
+        fn = functools.partial(_flat_impl, graph, names, spec, shardings)
+        self._fn = jax.jit(fn, donate_argnums=(0, 1) if donate else ())
+
+    def matches(self, state: State) -> bool:
+        """Whether ``state`` has the page shardings this transaction was compiled for (pages
+        are gathered by name, so their order does not matter)."""
+        sh = state.shardings
+        return sh is self._shardings or sh == self._shardings
+
+    def __call__(self, state: State, deltas: Sequence[Delta]) -> State:
+        """The State after ``deltas`` (validated, of this structure and ``state`` layout)."""
+        all_pages = cast(PageMap, state.pages)._data
+        all_epochs = cast(PageMap, state.epochs)._data
+        leaves = []
+        for d in deltas:
+            if d.indices is not None:
+                leaves.append(d.indices)
+            if d.mask is not None:
+                leaves.append(d.mask)
+            leaves.append(d.values)
+        names = self._names
+        pages = all_pages.copy()
+        epochs = all_epochs.copy()
+        if self._single:
+            name = names[0]
+            (pages[name],), (epochs[name],) = self._fn(
+                (all_pages[name],), (all_epochs[name],), tuple(leaves))
+        else:
+            new_pages, new_epochs = self._fn(tuple([all_pages[n] for n in names]),
+                                             tuple([all_epochs[n] for n in names]),
+                                             tuple(leaves))
+            pages.update(zip(names, new_pages, strict=True))
+            epochs.update(zip(names, new_epochs, strict=True))
+        return State._wrap(pages, epochs, state.shardings)
+
+
+def _flat_impl(graph: Graph | None, names: tuple[str, ...], spec: tuple, shardings: tuple,
+               pages: tuple, epochs: tuple, leaves: tuple):
+    it = iter(leaves)
+    deltas = [Delta(indices=next(it) if has_idx else None, mask=next(it) if has_mask else None,
+                    values=next(it), page=page, kind=kind, op=op, count=count, unique=unique)
+              for page, kind, op, count, unique, has_idx, has_mask in spec]
+    out_pages, out_epochs = _txn_impl(graph, dict(zip(names, pages, strict=True)),
+                                      dict(zip(names, epochs, strict=True)), deltas, shardings)
+    return (tuple(out_pages[n] for n in names), tuple(out_epochs[n] for n in names))
 
 
 def apply_stacked(state: State, stacked: Sequence[Delta], *, graph: Graph | None = None,

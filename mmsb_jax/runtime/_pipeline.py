@@ -21,6 +21,7 @@ import numpy as np
 from mmsb_jax.core.delta import PADDING, Delta, _rows_in_range, validate_deltas
 from mmsb_jax.core.pages import Schema, State
 from mmsb_jax.core.transaction import (
+    CompiledTransaction,
     apply_transaction,
     stack_transactions,
     touched_pages,
@@ -66,6 +67,7 @@ class CommitPlan:
         on every commit.
       nbytes_applied: bytes of the deltas' values.
       layout: the log layout (None for a pipeline that does not log).
+      compiled: the structure's jitted transaction (None for an empty transaction).
     """
 
     pages: tuple[str, ...]
@@ -73,6 +75,7 @@ class CommitPlan:
     row_checks: tuple[tuple[int, int], ...]
     nbytes_applied: int
     layout: TxnLayout | None
+    compiled: CompiledTransaction | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,14 +193,21 @@ class Pipeline:
             row_checks=tuple((i, state.pages[d.page].shape[0]) for i, d in enumerate(deltas)
                              if d.kind == "rows"),
             nbytes_applied=sum(int(d.values.size) * d.values.dtype.itemsize for d in deltas),
-            layout=TxnLayout(deltas, affected) if self.log_layouts and deltas else None)
+            layout=TxnLayout(deltas, affected) if self.log_layouts and deltas else None,
+            compiled=(CompiledTransaction(state, deltas, graph=graph, donate=self.donate)
+                      if deltas else None))
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[key] = plan
         return plan
 
-    def apply(self, state: State, deltas: Sequence[Delta]) -> State:
-        """Dispatch the transaction (validated by :meth:`prepare`): the new State."""
+    def apply(self, state: State, deltas: Sequence[Delta], plan: CommitPlan | None = None
+              ) -> State:
+        """Dispatch the transaction (validated by :meth:`prepare`, whose ``plan`` it may pass
+        to reuse the plan's compiled transaction): the new State."""
+        compiled = None if plan is None else plan.compiled
+        if compiled is not None and compiled.matches(state):
+            return compiled(state, deltas)
         return apply_transaction(state, deltas, check=False, graph=self.graph,
                                  donate=self.donate)
 

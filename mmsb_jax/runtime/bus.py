@@ -300,7 +300,7 @@ class Bus(StateHolder):
                 raise
             t2 = time.perf_counter()
             try:
-                new_state = self._pipe.apply(state, deltas)
+                new_state = self._pipe.apply(state, deltas, plan)
                 t3 = time.perf_counter()
                 derived = self._pipe.changed(state, new_state, plan.affected)
             except BaseException:

@@ -281,7 +281,7 @@ class Follower(StateHolder):
         deltas = as_transaction(deltas)
         state = self._state
         plan = self._pipe.prepare(state, deltas)
-        new_state = self._pipe.apply(state, deltas)
+        new_state = self._pipe.apply(state, deltas, plan)
         derived = self._pipe.changed(state, new_state, plan.affected)
         self._state, self._seq = new_state, self._seq + 1
         if self._checkpoint_every and self._seq % self._checkpoint_every == 0:
