@@ -16,7 +16,11 @@ from jax.experimental import checkify
 from mmsb_jax import kernels
 from mmsb_jax._ops import INDEX_CHECK_TAG, PADDING, _is_bool, op_fn, order_independent
 from mmsb_jax.core._sharding import out_sharding, replicated
-from mmsb_jax.kernels.row_merge_reference import segmented_scan, sort_and_combine
+from mmsb_jax.kernels.row_merge_reference import (
+    segmented_scan,
+    sort_and_combine,
+    stable_row_order,
+)
 
 __all__ = ["merge_rows", "merge_rows_sharded", "resolve_rows", "segmented_scan",
            "winning_rows"]
@@ -63,14 +67,15 @@ def winning_rows(indices: jax.Array, num_rows: int) -> jax.Array:
       ``n`` (dropped by a ``mode="drop"`` scatter). Every in-range row appears at most once, so
       the scatter that follows is deterministic on every backend.
 
-    Small deltas use a stable sort (``O(k log k)``); large ones a scatter-max of slot positions
-    into an ``int32[n]`` buffer (``O(k + n)``, exact: ``max`` is order-independent).
+    Small deltas use a stable sort (``O(k log k)``, one packed int32 sort when it fits:
+    :func:`~mmsb_jax.kernels.row_merge_reference.stable_row_order`); large ones a
+    scatter-max of slot positions into an ``int32[n]`` buffer (``O(k + n)``, exact: ``max``
+    is order-independent).
     """
     k = indices.shape[0]
     key = jnp.where(indices < 0, num_rows, indices).astype(jnp.int32)
     if k * 32 < num_rows:
-        order = jnp.argsort(key, stable=True)
-        skey = key[order]
+        order, skey = stable_row_order(key, num_rows)
         last = jnp.concatenate([skey[1:] != skey[:-1], jnp.ones((1,), bool)])
         rows_sorted = jnp.where(last, skey, num_rows)
         return jnp.zeros((k,), jnp.int32).at[order].set(rows_sorted, unique_indices=True)

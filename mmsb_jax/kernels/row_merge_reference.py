@@ -20,10 +20,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .ops import reference_combine
 
-__all__ = ["SortedSlots", "merge_rows_reference", "segmented_scan", "sort_and_combine"]
+__all__ = ["SortedSlots", "merge_rows_reference", "segmented_scan", "sort_and_combine",
+           "stable_row_order"]
 
 
 def segmented_scan(fn: Callable[[jax.Array, jax.Array], jax.Array], segment: jax.Array,
@@ -70,6 +72,29 @@ class SortedSlots(NamedTuple):
     values: jax.Array  # [k, *row]
 
 
+def stable_row_order(key: jax.Array, max_key: int) -> tuple[jax.Array, jax.Array]:
+    """``order = argsort(key, stable=True)`` and ``key[order]``, for keys in ``[0, max_key]``.
+
+    When ``(max_key + 1) << b`` fits an int32 (``b`` = bits of a slot position), the keys are
+    packed as ``key << b | slot`` (all distinct) and sorted as one int32 array: the same order
+    as the stable two-operand sort, about 4x faster on CPU. Otherwise the stable argsort.
+
+    Args:
+      key: ``int32[k]`` sort keys in ``[0, max_key]``.
+      max_key: the largest key (a static int).
+
+    Returns:
+      ``(order, sorted_key)``, both ``int32[k]``.
+    """
+    k = key.shape[0]
+    bits = max(1, (k - 1).bit_length())
+    if k and (max_key + 1) << bits <= 1 << 31:
+        packed = lax.sort((key << bits) | jnp.arange(k, dtype=jnp.int32))
+        return packed & jnp.int32((1 << bits) - 1), packed >> bits
+    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    return order, key[order]
+
+
 def sort_and_combine(indices: jax.Array, values: jax.Array, op: str, num_rows: int,
                      *, combine_values: bool = True) -> SortedSlots:
     """Stably sort the slots of a rows delta by row and combine duplicates.
@@ -88,8 +113,7 @@ def sort_and_combine(indices: jax.Array, values: jax.Array, op: str, num_rows: i
     k = indices.shape[0]
     idx = indices.astype(jnp.int32)
     key = jnp.where((idx < 0) | (idx >= num_rows), num_rows, idx).astype(jnp.int32)
-    order = jnp.argsort(key, stable=True).astype(jnp.int32)
-    skey = key[order]
+    order, skey = stable_row_order(key, num_rows)
     if k:
         last = jnp.concatenate([skey[1:] != skey[:-1], jnp.ones((1,), bool)])
     else:
