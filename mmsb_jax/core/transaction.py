@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -242,7 +243,7 @@ def apply_stacked(state: State, stacked: Sequence[Delta], *, graph: Graph | None
 
 
 def _leaf_key(x: Any) -> Any:
-    return None if x is None else (x.shape, x.dtype.str)
+    return None if x is None else (x.shape, x.dtype)
 
 
 def txn_structure(deltas: Sequence[Delta]) -> tuple:
@@ -257,7 +258,7 @@ def txn_nbytes(deltas: Sequence[Delta]) -> int:
     for d in deltas:
         for x in (d.indices, d.mask, d.values):
             if x is not None:
-                total += int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize
+                total += math.prod(x.shape) * x.dtype.itemsize
     return total
 
 
@@ -274,8 +275,14 @@ def stack_transactions(txns: Sequence[Sequence[Delta]]) -> list[Delta]:
     for j, d in enumerate(txns[0]):
         leaves = {}
         for field in ("indices", "mask", "values"):
-            leaves[field] = (None if getattr(d, field) is None else
-                             np.stack([np.asarray(getattr(t[j], field)) for t in txns]))
+            first = getattr(d, field)
+            if first is None:
+                leaves[field] = None
+                continue
+            rows = np.empty((len(txns), *first.shape), first.dtype)
+            for i, t in enumerate(txns):  # row by row: cheaper than np.stack of small arrays
+                rows[i] = getattr(t[j], field)
+            leaves[field] = rows
         out.append(Delta(**leaves, page=d.page, kind=d.kind, op=d.op, count=d.count,
                          unique=d.unique))
     return out
@@ -364,6 +371,8 @@ class TransactionRunner:
             size = min(limit, 1 << ((n - start).bit_length() - 1))
             if size == 1:
                 self._apply_chunk(txns[start:start + 1])
+            elif size == n:  # the whole run in one scan: no slicing
+                self._apply_stacked(n, list(stacked))
             else:
                 part = [dataclasses.replace(d, indices=_rows(d.indices, start, size),
                                             mask=_rows(d.mask, start, size),

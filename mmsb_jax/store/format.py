@@ -452,28 +452,29 @@ class TxnLayout:
         # CRC of each record covers ``salt · length · body``.
         for at, n in zip(body_at, self.sizes, strict=True):
             out[:, at - 8:at - 4] = np.frombuffer(_U32.pack(n), np.uint8)
-        flat = out.reshape(-1)  # numpy slices: the C extension takes ndarrays, not memoryviews
-        row = self.nbytes
+        # CRCs from one contiguous copy of each record's bodies (slicing bytes is cheaper than
+        # slicing the array), written back one column at a time.
         prefix = self._prefix_crcs(salt)
-        txn_crcs = np.empty(n_txn, "<u4")
-        frame_crcs = np.empty((n_txn, len(self.sizes)), "<u4")
         last = len(self.sizes) - 1
-        for t in range(n_txn):
-            base = t * row
-            c = 0
-            for r in range(last):
-                body = flat[base + body_at[r]:base + body_at[r] + self.sizes[r]]
-                c = _crc_extend(c, body)
-                frame_crcs[t, r] = _crc_extend(prefix[r], body)
-            txn_crcs[t] = c
-        out[:, commit_at + 13:commit_at + 17] = txn_crcs.view(np.uint8).reshape(n_txn, 4)
-        at = body_at[last]
-        for t in range(n_txn):
-            base = t * row + at
-            frame_crcs[t, last] = _crc_extend(prefix[last], flat[base:base + _COMMIT.size])
-        for r, at in enumerate(body_at):
-            out[:, at - 4:at] = frame_crcs[:, r:r + 1].view(np.uint8).reshape(n_txn, 4)
+        txn_crcs = [0] * n_txn
+        for r in range(last + 1):
+            if r == last:
+                out[:, commit_at + 13:commit_at + 17] = _u32_column(txn_crcs, n_txn)
+            at, size, start = body_at[r], self.sizes[r], prefix[r]
+            blob = out[:, at:at + size].tobytes()
+            frames = []
+            for t in range(0, n_txn * size, size):
+                body = blob[t:t + size]
+                if r < last:
+                    txn_crcs[t // size] = _crc_extend(txn_crcs[t // size], body)
+                frames.append(_crc_extend(start, body))
+            out[:, at - 4:at] = _u32_column(frames, n_txn)
         return out.tobytes()
+
+
+def _u32_column(values: list[int], rows: int) -> np.ndarray:
+    """``values`` as little-endian uint32 bytes, one row of 4 per value: ``uint8[rows, 4]``."""
+    return np.asarray(values, "<u4").view(np.uint8).reshape(rows, 4)
 
 
 # -- parsing --------------------------------------------------------------------------------
