@@ -407,8 +407,8 @@ class Bus(StateHolder):
             t4 = time.perf_counter()
             last = first + len(txns) - 1
             durable, seconds = self._durable, t4 - t0
-            infos = [CommitInfo._make(first + i, _txn_bytes(plan), plan.pages, derived[i], durable,
-                                ts, seconds) for i, plan in enumerate(plans)]
+            infos = [CommitInfo._make(first + i, _txn_bytes(plan), plan.pages, derived[i],
+                                      durable, ts, seconds) for i, plan in enumerate(plans)]
             self._state = new_state
             self._seq = last
             tel.record_commit(t0, t1, t2, t3, t4, len(txns), nbytes,

@@ -249,16 +249,21 @@ def test_ippo_trains_independent_agents_deterministically():
         apps.make_ippo_train(config, GridWorld())
 
 
+def trained_and_random_returns(config, env, params):
+    """Team returns over 256 episodes of IPPO trained with ``config`` and of random agents."""
+    out, graphdef = apps.train_ippo(config, env, jax.random.key(0), params)
+    trained = apps.evaluate_team(env, apps.team_policy(graphdef, out.params),
+                                 jax.random.key(1), 256, params)
+    return trained, apps.evaluate_team(env, None, jax.random.key(1), 256, params)
+
+
 @pytest.mark.slow
 def test_ippo_beats_random_on_foraging():
     env = apps.Foraging(num_agents=3, grid=5)
     params = apps.ForagingParams(food_density=0.15, regrow=0.01)
     config = PPOConfig(lr=1e-3, num_envs=32, num_steps=32, total_timesteps=32 * 32 * 80,
                        update_epochs=4, num_minibatches=4, gamma=0.95, hidden=64)
-    out, graphdef = apps.train_ippo(config, env, jax.random.key(0), params)
-    trained = apps.evaluate_team(env, apps.team_policy(graphdef, out.params),
-                                 jax.random.key(1), 256, params)
-    rand = apps.evaluate_team(env, None, jax.random.key(1), 256, params)
+    trained, rand = trained_and_random_returns(config, env, params)
     margin = 3 * float(jnp.std(rand)) / np.sqrt(256)
     assert float(trained.mean()) > float(rand.mean()) + margin
 
@@ -465,10 +470,7 @@ def test_heuristics_see_only_their_window():
 def test_short_ippo_run_beats_random_with_a_partial_view():
     config = PPOConfig(lr=1e-3, num_envs=32, num_steps=24, total_timesteps=32 * 24 * 120,
                        update_epochs=4, num_minibatches=4, gamma=0.95, hidden=64)
-    out, graphdef = apps.train_ippo(config, PARTIAL, jax.random.key(0), PARTIAL_PARAMS)
-    trained = apps.evaluate_team(PARTIAL, apps.team_policy(graphdef, out.params),
-                                 jax.random.key(1), 256, PARTIAL_PARAMS)
-    rand = apps.evaluate_team(PARTIAL, None, jax.random.key(1), 256, PARTIAL_PARAMS)
+    trained, rand = trained_and_random_returns(config, PARTIAL, PARTIAL_PARAMS)
     assert float(trained.mean()) > 1.5 * float(rand.mean())
 
 
