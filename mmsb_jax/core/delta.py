@@ -141,30 +141,19 @@ class Delta:
           op: one of :data:`OPS`. Duplicates: ``set`` keeps the last, others combine in order.
         """
         _check_op_name(op)
-        idx = indices if isinstance(indices, jax.Array | _Tracer) else np.asarray(indices)
-        if isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and idx.size and (
-                idx.dtype.itemsize > 4 or idx.dtype == np.uint32) and (
-                idx.min() < np.iinfo(np.int32).min or idx.max() > np.iinfo(np.int32).max):
-            # Checked before the int32 cast, which would wrap 2**32 + 3 to row 3.
-            raise IndexOutOfRangeError(
-                f"rows delta on {page!r}: indices outside the int32 range "
-                f"(min {idx.min()}, max {idx.max()})")
-        if idx.ndim != 1:
-            raise ShapeError(f"rows delta on {page!r}: indices must be 1-D, got shape {idx.shape}")
-        if idx.dtype.kind not in "iu":
-            raise DTypeError(f"rows delta on {page!r}: indices must be integers, got {idx.dtype}")
-        if idx.dtype != np.int32:
-            idx = idx.astype(np.int32)
+        if type(indices) is np.ndarray and indices.dtype is _INT32 and indices.ndim == 1:
+            idx = indices  # the common host case: nothing to convert or range-check
+        else:
+            idx = _host_or_device_indices(page, indices)
         vals = _leaf(values)
         if vals.ndim < 1 or vals.shape[0] != idx.shape[0]:
             raise ShapeError(
                 f"rows delta on {page!r}: values shape {vals.shape} does not start with "
                 f"k={idx.shape[0]} (one row of values per index)"
             )
-        unique = (isinstance(idx, np.ndarray) and idx.shape[0] >= UNIQUE_CHECK_MIN
+        unique = (idx.shape[0] >= UNIQUE_CHECK_MIN and isinstance(idx, np.ndarray)
                   and _sorted_unique(idx))
-        return Delta(indices=idx, mask=None, values=vals, page=page, kind="rows", op=op,
-                     unique=unique)
+        return Delta._new(idx, None, vals, page, "rows", op, 1, unique)
 
     @staticmethod
     def masked(page: str, mask: Any, values: Any, op: str = "set") -> Delta:
@@ -185,14 +174,24 @@ class Delta:
             raise ShapeError(
                 f"masked delta on {page!r}: values shape {vals.shape} != mask shape {m.shape}"
             )
-        return Delta(indices=None, mask=m, values=vals, page=page, kind="masked", op=op)
+        return Delta._new(None, m, vals, page, "masked", op, 1, False)
 
     @staticmethod
     def full(page: str, values: Any, op: str = "set") -> Delta:
         """Combine the whole page with ``values: [*page.shape]`` (``set`` replaces it)."""
         _check_op_name(op)
-        return Delta(indices=None, mask=None, values=_leaf(values), page=page, kind="full",
-                     op=op)
+        return Delta._new(None, None, _leaf(values), page, "full", op, 1, False)
+
+    @classmethod
+    def _new(cls, indices: Leaf, mask: Leaf, values: Leaf, page: str, kind: str, op: str,
+             count: int, unique: bool) -> Delta:
+        """The constructor without the dataclass ``__init__`` (one dict update instead of
+        eight frozen ``__setattr__`` calls: the commit hot path builds a Delta per commit).
+        Arguments must already be checked, as the public constructors do."""
+        out = object.__new__(cls)
+        out.__dict__.update(indices=indices, mask=mask, values=values, page=page, kind=kind,
+                            op=op, count=count, unique=unique)
+        return out
 
     # -- conveniences ---------------------------------------------------------------------
     @property
@@ -215,6 +214,33 @@ class Delta:
                 + (f", count={self.count}" if self.count != 1 else "") + ")")
 
 
+def _host_or_device_indices(page: str, indices: Any) -> Any:
+    """Row indices as ``int32[k]``: device arrays and tracers as they are (cast if needed),
+    anything else as a host numpy array, range-checked before the cast.
+
+    Raises:
+      IndexOutOfRangeError: host indices outside the int32 range. ShapeError: not 1-D.
+      DTypeError: not integers.
+    """
+    idx = indices if isinstance(indices, _ARRAYS) else np.asarray(indices)
+    if isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and idx.size and (
+            idx.dtype.itemsize > 4 or idx.dtype == np.uint32) and (
+            idx.min() < np.iinfo(np.int32).min or idx.max() > np.iinfo(np.int32).max):
+        # Checked before the int32 cast, which would wrap 2**32 + 3 to row 3.
+        raise IndexOutOfRangeError(
+            f"rows delta on {page!r}: indices outside the int32 range "
+            f"(min {idx.min()}, max {idx.max()})")
+    if idx.ndim != 1:
+        raise ShapeError(f"rows delta on {page!r}: indices must be 1-D, got shape {idx.shape}")
+    if idx.dtype.kind not in "iu":
+        raise DTypeError(f"rows delta on {page!r}: indices must be integers, got {idx.dtype}")
+    return idx if idx.dtype == np.int32 else idx.astype(np.int32)
+
+
+_INT32 = np.dtype(np.int32)
+_ARRAYS = (jax.Array, _Tracer)
+
+
 def _leaf(x: Any) -> Any:
     """A delta leaf without device work: JAX arrays and tracers as they are, anything else as
     a host numpy array in JAX's canonical dtype (``float64 -> float32`` unless x64 is on).
@@ -222,9 +248,12 @@ def _leaf(x: Any) -> Any:
     Host leaves go to the device with the jitted apply that consumes them, in the same
     dispatch, so building a delta from numpy costs no separate transfer.
     """
-    if isinstance(x, jax.Array | _Tracer):
+    if type(x) is np.ndarray:
+        arr = x
+    elif isinstance(x, _ARRAYS):
         return x
-    arr = np.asarray(x)
+    else:
+        arr = np.asarray(x)
     want = _CANONICAL.get(arr.dtype)
     if want is None:
         want = _CANONICAL[arr.dtype] = np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))
@@ -331,9 +360,14 @@ _MAX_VALID_STRUCTURES = 4096
 
 def _rows_in_range(indices: Any, n: int) -> bool:
     """Whether concrete ``indices`` lie in ``[-1, n)`` (traced ones: checked under jit)."""
-    if isinstance(indices, _Tracer) or not indices.shape[0]:
+    if type(indices) is np.ndarray:
+        host = indices
+    elif isinstance(indices, _Tracer):
         return True
-    host = np.asarray(indices)
+    else:
+        host = np.asarray(indices)
+    if not host.shape[0]:
+        return True
     if host.shape[0] <= 64:  # Python's min/max beat two numpy reductions on short arrays
         values = host.tolist()
         return min(values) >= PADDING and max(values) < n

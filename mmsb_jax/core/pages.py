@@ -214,7 +214,7 @@ class PageMap(Mapping[str, Any]):
     def _wrap(cls, data: dict[str, Any]) -> PageMap:
         """A PageMap owning ``data`` (not copied: the caller hands it over)."""
         out = object.__new__(cls)
-        object.__setattr__(out, "_data", data)
+        _set_data(out, data)
         return out
 
     def __getitem__(self, key: str) -> Any:
@@ -252,6 +252,8 @@ class PageMap(Mapping[str, Any]):
     def _tree_unflatten(cls, keys: tuple[str, ...], children: Iterable[Any]) -> PageMap:
         return cls(zip(keys, children, strict=True))
 
+
+_set_data = PageMap._data.__set__  # the slot's setter, past the immutability guard
 
 jax.tree_util.register_pytree_with_keys(
     PageMap,
@@ -328,10 +330,13 @@ class State:
         """A State owning ``pages``/``epochs`` (fresh dicts the caller hands over, already
         in page order): skips the constructor's conversions (the commit hot path)."""
         out = object.__new__(State)
-        object.__setattr__(out, "pages", PageMap._wrap(pages))
-        object.__setattr__(out, "epochs", epochs if isinstance(epochs, PageMap)
-                           else PageMap._wrap(epochs))
-        object.__setattr__(out, "shardings", shardings)
+        pm = object.__new__(PageMap)
+        _set_data(pm, pages)
+        if type(epochs) is not PageMap:
+            em = object.__new__(PageMap)
+            _set_data(em, epochs)
+            epochs = em
+        out.__dict__.update(pages=pm, epochs=epochs, shardings=shardings)
         return out
 
     def sharding_of(self, name: str) -> jax.sharding.NamedSharding | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -160,7 +161,7 @@ class CompiledTransaction:
       OptionError: ``deltas`` is empty.
     """
 
-    __slots__ = ("_fn", "_names", "_shardings", "_single")
+    __slots__ = ("_fn", "_leaves", "_names", "_shardings", "_single")
 
     def __init__(self, state: State, deltas: Sequence[Delta], *, graph: Graph | None = None,
                  donate: bool = False):
@@ -174,6 +175,12 @@ class CompiledTransaction:
         self._names = names
         self._shardings = state.shardings
         self._single = len(names) == 1
+        attrs = [a for d in deltas for a, leaf in (("indices", d.indices), ("mask", d.mask),
+                                                   ("values", d.values)) if leaf is not None]
+        if len(deltas) == 1 and len(attrs) > 1:
+            self._leaves = operator.attrgetter(*attrs)  # (d) -> the tuple of its leaves
+        else:
+            self._leaves = None
         fn = functools.partial(_flat_impl, graph, names, spec, shardings)
         self._fn = jax.jit(fn, donate_argnums=(0, 1) if donate else ())
 
@@ -187,24 +194,29 @@ class CompiledTransaction:
         """The State after ``deltas`` (validated, of this structure and ``state`` layout)."""
         all_pages = cast(PageMap, state.pages)._data
         all_epochs = cast(PageMap, state.epochs)._data
-        leaves = []
-        for d in deltas:
-            if d.indices is not None:
-                leaves.append(d.indices)
-            if d.mask is not None:
-                leaves.append(d.mask)
-            leaves.append(d.values)
+        get = self._leaves
+        if get is not None:
+            leaves = get(deltas[0])
+        else:
+            leaves = []
+            for d in deltas:
+                if d.indices is not None:
+                    leaves.append(d.indices)
+                if d.mask is not None:
+                    leaves.append(d.mask)
+                leaves.append(d.values)
+            leaves = tuple(leaves)
         names = self._names
         pages = all_pages.copy()
         epochs = all_epochs.copy()
         if self._single:
             name = names[0]
             (pages[name],), (epochs[name],) = self._fn(
-                (all_pages[name],), (all_epochs[name],), tuple(leaves))
+                (all_pages[name],), (all_epochs[name],), leaves)
         else:
             new_pages, new_epochs = self._fn(tuple([all_pages[n] for n in names]),
                                              tuple([all_epochs[n] for n in names]),
-                                             tuple(leaves))
+                                             leaves)
             pages.update(zip(names, new_pages, strict=True))
             epochs.update(zip(names, new_epochs, strict=True))
         return State._wrap(pages, epochs, state.shardings)
@@ -242,14 +254,15 @@ def apply_stacked(state: State, stacked: Sequence[Delta], *, graph: Graph | None
     return state.with_pages(pages, epochs), per_step
 
 
-def _leaf_key(x: Any) -> Any:
-    return None if x is None else (x.shape, x.dtype)
-
-
 def txn_structure(deltas: Sequence[Delta]) -> tuple:
     """A hashable key: transactions with equal keys stack into one scan."""
-    return tuple((d.page, d.kind, d.op, d.count, d.unique, _leaf_key(d.indices),
-                  _leaf_key(d.mask), _leaf_key(d.values)) for d in deltas)
+    out = []
+    for d in deltas:  # written out: every commit computes this key
+        i, m, v = d.indices, d.mask, d.values
+        out.append((d.page, d.kind, d.op, d.count, d.unique,
+                    None if i is None else (i.shape, i.dtype),
+                    None if m is None else (m.shape, m.dtype), (v.shape, v.dtype)))
+    return tuple(out)
 
 
 def txn_nbytes(deltas: Sequence[Delta]) -> int:

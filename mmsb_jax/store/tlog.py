@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mmsb_jax.core.delta import Delta
 from mmsb_jax.core.pages import Schema
@@ -80,8 +80,9 @@ DEFAULT_BATCH_INTERVAL_MS = 20.0
 # -- scanning a whole log -------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Segment:
+class _Segment(NamedTuple):
+    """One segment file of a log (a tuple: every append rebuilds the newest one)."""
+
     number: int
     path: Path
     base_seq: int
@@ -535,8 +536,8 @@ class TLog:
             self._undo_to(self._txn_start, StoreError("undo"))
             if self.sync_policy != "never" and self._fd is not None:
                 self._timed_fsync(self._fd)
-            self._segments[-1] = dataclasses.replace(seg, last_seq=seg.last_seq - self._txn_count,
-                                                     end=self._txn_start)
+            self._segments[-1] = seg._replace(last_seq=seg.last_seq - self._txn_count,
+                                              end=self._txn_start)
             self._txn_start = None
 
     def _roll(self) -> None:
