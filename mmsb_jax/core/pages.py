@@ -330,13 +330,9 @@ class State:
         """A State owning ``pages``/``epochs`` (fresh dicts the caller hands over, already
         in page order): skips the constructor's conversions (the commit hot path)."""
         out = object.__new__(State)
-        pm = object.__new__(PageMap)
-        _set_data(pm, pages)
         if type(epochs) is not PageMap:
-            em = object.__new__(PageMap)
-            _set_data(em, epochs)
-            epochs = em
-        out.__dict__.update(pages=pm, epochs=epochs, shardings=shardings)
+            epochs = PageMap._wrap(epochs)
+        out.__dict__.update(pages=PageMap._wrap(pages), epochs=epochs, shardings=shardings)
         return out
 
     def sharding_of(self, name: str) -> jax.sharding.NamedSharding | None:
