@@ -331,7 +331,7 @@ class State:
         in page order): skips the constructor's conversions (the commit hot path)."""
         out = object.__new__(State)
         if type(epochs) is not PageMap:
-            epochs = PageMap._wrap(epochs)
+            epochs = PageMap._wrap(cast(dict, epochs))
         out.__dict__.update(pages=PageMap._wrap(pages), epochs=epochs, shardings=shardings)
         return out
 
