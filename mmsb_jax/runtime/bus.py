@@ -289,15 +289,20 @@ class Bus(StateHolder):
           StoreError: the log write failed (log and state unchanged) or the bus is closed.
           FormatError: a delta too large for one log record (nothing logged).
         """
-        t0 = time.perf_counter()
-        deltas = as_transaction(deltas)
+        return self._commit(time.perf_counter(), as_transaction(deltas), None)
+
+    def _commit(self, t0: float, deltas: list[Delta], batch: list[list[Delta]] | None
+                ) -> CommitInfo:
+        """:meth:`commit` of ``deltas``; ``batch = [deltas]`` when :meth:`commit_many` was
+        given one transaction (its errors then carry ``transaction_index = 0``)."""
         tel = self._tel
         with self._lock:
             if self._closed:
                 raise StoreError(f"bus {self.directory} is closed")
             state = self._state
             try:
-                plan = self._pipe.prepare(state, deltas)
+                plan = (self._pipe.prepare(state, deltas) if batch is None
+                        else self._pipe.prepare_at(state, batch, 0))
             except BaseException:
                 tel.failures.inc()
                 raise
@@ -349,7 +354,8 @@ class Bus(StateHolder):
         When a subscriber would be notified of a transaction of the batch, the transactions
         are applied one at a time instead of scanned (each notification gets the State right
         after its own transaction); ``checkpoint_every`` checkpoints after the call, at its
-        last seq, when the batch crossed a multiple.
+        last seq, when the batch crossed a multiple. A single transaction is committed as
+        :meth:`commit` does (same log bytes and result, less overhead than a batch of one).
 
         Args:
           transactions: each a Delta or a sequence of Deltas (one transaction each).
@@ -363,8 +369,11 @@ class Bus(StateHolder):
           ``exc.transaction_index`` and in a note.
         """
         t0 = time.perf_counter()
+        txns = [as_transaction(t) for t in transactions]
+        if len(txns) == 1:  # nothing to batch: commit's path, without its scan machinery
+            return [self._commit(t0, txns[0], txns)]
         with _gc_paused():
-            return self._commit_many(t0, [as_transaction(t) for t in transactions])
+            return self._commit_many(t0, txns)
 
     def _commit_many(self, t0: float, txns: list[list[Delta]]) -> list[CommitInfo]:
         tel = self._tel

@@ -127,9 +127,19 @@ def test_a_bad_transaction_refuses_the_whole_call(tmp_path):
             bus.commit_many([rows_add(2), ["not a delta"]])
         assert segment_paths(tmp_path / "log")[0].read_bytes() == before
         assert bus.seq == 1 and bus.state is state
-        assert bus.metrics()["commit_failures"] == 3
+        # one transaction takes commit's path; its errors still carry the position
+        with pytest.raises(IndexOutOfRangeError) as e:
+            bus.commit_many([bad])
+        assert e.value.transaction_index == 0
+        with pytest.raises(TypeError):
+            bus.commit_many([["not a delta"]])
+        assert segment_paths(tmp_path / "log")[0].read_bytes() == before
+        assert bus.seq == 1 and bus.state is state
+        assert bus.metrics()["commit_failures"] == 5
         assert bus.commit_many([]) == []
         assert [i.seq for i in bus.commit_many([rows_add(2), rows_add(3)])] == [2, 3]
+        [one] = bus.commit_many([rows_add(4)])
+        assert one.seq == 4 and one.durable and bus.seq == 4
 
 
 def test_one_write_and_one_fsync_under_always(tmp_path, monkeypatch):
