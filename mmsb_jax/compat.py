@@ -11,9 +11,16 @@ The seed exposed a mutable, imperative API (Julia):
     mmsb_stop(state, checkpoint_path="state.mmsb")
 
 This module reproduces it in Python. Underneath, each page is a ``uint8[size]`` page of an
-``mm.State`` and every update is an ``mm.Delta.masked`` that sets the bytes that changed, so the
-compat API obeys the same law as the rest of the library: ``state x delta -> state'``. An
-update with identical bytes is a no-op (no delta, the epoch does not move), as in the seed.
+``mm.State``; an update sets the bytes that changed (``state x delta -> state'``, as the rest of
+the library), and an update with identical bytes is a no-op (the epoch does not move), as in
+the seed.
+
+Like the seed's pages (host memory), the compat pages are **write-back**: ``update_page``
+writes a host copy of the page and marks it dirty; the device ``State`` is brought up to date
+(one jitted host-to-device copy per dirty page, the epochs advanced) the next time
+``state.state`` is read. ``query_page`` and ``page_epoch`` read the host copy, so the
+imperative API never waits on a device; a program that mixes it with ``mm.*`` functions reads
+``state.state`` and always sees every update.
 ``mmsb_stop(checkpoint_path=...)`` writes the seed's ``MMSBSNAP`` snapshot format, so the file
 can be read by the original and imported with ``mmsb import-seed``.
 
@@ -77,29 +84,57 @@ class MMSBState:
     """The seed's mutable state object: a current :class:`mmsb_jax.State` plus page handles.
 
     Attributes:
-      state: the current immutable ``mm.State`` (pages named ``page_<id>``).
+      state: the current immutable ``mm.State`` (pages named ``page_<id>``); reading it
+        first uploads the pages updated since the last read. Assigning a State replaces
+        the pages (and drops updates not yet read, which the assigned State supersedes).
       pages: ``{id: CompatPage}``.
       enable_gpu: whether GPU placement was requested at start.
       running: False after :func:`mmsb_stop`.
     """
 
     def __init__(self, enable_gpu: bool = False):
-        self.state = State(pages={}, epochs={})
+        self._state = State(pages={}, epochs={})
         self.pages: dict[int, CompatPage] = {}
         self.enable_gpu = bool(enable_gpu)
         self.running = True
         self._next_id = 1
         self._lock = threading.Lock()
         # Host copy of each page: (the page array it mirrors, its bytes, its epoch). Valid
-        # while ``state.pages[name]`` is still that array object; refreshed otherwise (e.g.
-        # when a caller replaced ``state`` by hand).
+        # while ``_state.pages[name]`` is still that array object, or while the page is
+        # dirty (the host copy is newer); refreshed otherwise (e.g. when a caller replaced
+        # ``state`` by hand).
         self._host: dict[str, tuple[jax.Array, np.ndarray, int]] = {}
+        self._dirty: set[str] = set()
+
+    @property
+    def state(self) -> State:
+        with self._lock:
+            return self._flushed()
+
+    @state.setter
+    def state(self, value: State) -> None:
+        with self._lock:
+            self._dirty.clear()
+            self._state = value
+
+    def _flushed(self) -> State:
+        """``_state`` with the dirty host pages uploaded (call with the lock held)."""
+        if self._dirty:
+            pages, epochs = {}, {}
+            for name in self._dirty:
+                _, host, epoch = self._host[name]
+                pages[name], epochs[name] = _writer(self._state.pages[name].sharding)(host,
+                                                                                      epoch)
+                self._host[name] = (pages[name], host, epoch)
+            self._state = self._state.with_pages(pages, epochs)
+            self._dirty.clear()
+        return self._state
 
     def _mirror(self, name: str) -> tuple[jax.Array, np.ndarray, int]:
-        page = self.state.pages[name]
+        page = self._state.pages[name]
         entry = self._host.get(name)
-        if entry is None or entry[0] is not page:
-            entry = (page, np.array(page, dtype=np.uint8), int(self.state.epochs[name]))
+        if entry is None or (entry[0] is not page and name not in self._dirty):
+            entry = (page, np.array(page, dtype=np.uint8), int(self._state.epochs[name]))
             self._host[name] = entry
         return entry
 
@@ -174,7 +209,8 @@ def create_page(state: MMSBState, size: int = 4096, location: Any = "cpu") -> Co
         except Exception as e:  # e.g. XLA's RESOURCE_EXHAUSTED for a huge page
             state._next_id -= 1
             raise ShapeError(f"cannot allocate a {size}-byte page on {loc}: {e}") from e
-        state.state = state.state.with_pages({name: page}, {name: jnp.zeros((), jnp.int32)})
+        state._state = state._state.with_pages({name: page},
+                                               {name: jnp.zeros((), jnp.int32)})
         handle = CompatPage(pid, size, loc)
         state.pages[pid] = handle
     return handle
@@ -182,12 +218,12 @@ def create_page(state: MMSBState, size: int = 4096, location: Any = "cpu") -> Co
 
 @functools.lru_cache(maxsize=16)
 def _writer(sharding: jax.sharding.Sharding):
-    """``(bytes, epoch) -> (page, epoch + 1)`` placed on the page's sharding.
+    """``(uint8[size] bytes, int epoch) -> (page, int32 epoch)`` placed on ``sharding``.
 
     A jitted call moves the host bytes in JAX's C++ dispatch path (several times cheaper than
     ``jax.device_put`` from Python).
     """
-    return jax.jit(lambda new, epoch: (jnp.asarray(new), epoch + jnp.int32(1)),
+    return jax.jit(lambda new, epoch: (jnp.asarray(new), jnp.asarray(epoch, jnp.int32)),
                    out_shardings=(sharding, sharding))
 
 
@@ -209,10 +245,10 @@ def _as_bytes(data: Any, size: int) -> np.ndarray:
 def update_page(state: MMSBState, page_id: int | CompatPage, data: Any) -> bool:
     """Overwrite a page's bytes (the seed's ``update_page``).
 
-    Only the bytes that differ change (the masked ``set`` delta of the changed bytes, applied
-    as the equivalent full-page ``set``: the other bytes are equal); identical bytes change
-    nothing, not even the epoch. The comparison runs against a host copy of the page, so an
-    update costs one host-to-device copy and no device round trip.
+    Only the bytes that differ change (the masked ``set`` delta of the changed bytes, which
+    equals the full-page ``set``: the other bytes are equal); identical bytes change nothing,
+    not even the epoch. The update is written back (see the module doc): it changes the host
+    copy and its epoch now; the device page follows at the next read of ``state.state``.
 
     Args:
       state: from :func:`mmsb_start`.
@@ -229,10 +265,8 @@ def update_page(state: MMSBState, page_id: int | CompatPage, data: Any) -> bool:
         new = _as_bytes(data, host.shape[0])
         if np.array_equal(host, new):
             return False
-        host = new.copy()
-        new_page, new_epoch = _writer(page.sharding)(host, state.state.epochs[name])
-        state.state = state.state.with_pages({name: new_page}, {name: new_epoch})
-        state._host[name] = (new_page, host, epoch + 1)
+        state._host[name] = (page, new.copy(), epoch + 1)
+        state._dirty.add(name)
     return True
 
 

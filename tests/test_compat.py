@@ -114,3 +114,44 @@ def test_update_page_equals_the_masked_delta_and_survives_a_replaced_state():
     np.testing.assert_array_equal(compat.query_page(st, pg), np.full(64, 7, np.uint8))
     assert compat.page_epoch(st, pg) == 6
     assert not compat.update_page(st, pg, np.full(64, 7, np.uint8))
+
+
+def test_updates_are_written_back_at_the_next_state_read():
+    """update_page writes the host copy; reading ``state.state`` uploads once, all updates in."""
+    st = compat.mmsb_start()
+    a, b = compat.create_page(st, size=32), compat.create_page(st, size=8)
+    before = st.state
+    rng = np.random.default_rng(1)
+    last = None
+    for _ in range(4):
+        last = rng.integers(0, 256, 32, dtype=np.uint8)
+        assert compat.update_page(st, a, last)
+    assert compat.page_epoch(st, a) == 4
+    np.testing.assert_array_equal(compat.query_page(st, a), last)
+    assert st._dirty == {"page_1"}  # not uploaded yet: nothing read the device State
+    now = st.state
+    assert not st._dirty
+    np.testing.assert_array_equal(np.asarray(now.pages["page_1"]), last)
+    assert int(now.epochs["page_1"]) == 4
+    assert now.pages["page_2"] is before.pages["page_2"]  # untouched pages are shared
+    assert st.state is now  # a second read uploads nothing
+    # an assigned State supersedes updates not yet read
+    assert compat.update_page(st, a, np.zeros(32, np.uint8))
+    st.state = before
+    np.testing.assert_array_equal(compat.query_page(st, a), np.zeros(32, np.uint8))
+    assert compat.page_epoch(st, a) == 0
+
+
+def test_write_back_compiles_once():
+    st = compat.mmsb_start()
+    pg = compat.create_page(st, size=16)
+    rng = np.random.default_rng(2)
+    compat.update_page(st, pg, rng.integers(0, 256, 16, dtype=np.uint8))
+    _ = st.state
+    writer = compat._writer(st.state.pages["page_1"].sharding)
+    size = writer._cache_size()  # other tests' page sizes are in the shared cache too
+    for _ in range(5):
+        compat.update_page(st, pg, rng.integers(0, 256, 16, dtype=np.uint8))
+        _ = st.state
+    assert writer._cache_size() == size
+    assert int(st.state.epochs["page_1"]) == 6
