@@ -120,6 +120,7 @@ def test_updates_are_written_back_at_the_next_state_read():
     """update_page writes the host copy; reading ``state.state`` uploads once, all updates in."""
     st = compat.mmsb_start()
     a, b = compat.create_page(st, size=32), compat.create_page(st, size=8)
+    assert compat.update_page(st, b, np.arange(8, dtype=np.uint8))
     before = st.state
     rng = np.random.default_rng(1)
     last = None
