@@ -18,7 +18,9 @@ Generators (truth in brackets):
   [``world.graph.edges``].
 
 Estimators: ``cascade`` (``infer_dependencies`` on the changes alone), ``causal``
-(``infer_causal`` on writes + changes; bus logs also with the log's own page order), and for
+(``infer_causal`` on writes + changes; bus logs also with the log's own page order),
+``causal_exact`` (``infer_causal(search="exact")``: best-BIC parent sets of up to 4 pages; on
+bus logs with the log's order), and for
 bus logs the interventional ``probe_bus``: ``probes_one_state`` (the state at one seq, no
 synthetic contexts, finite probes only) and ``probes`` (the states at four seqs spread over the
 log, four synthetic contexts, non-finite probes), the latter also scored against
@@ -223,11 +225,13 @@ def synthetic(seeds: list[int], commits: int, bar: tqdm) -> dict:
              ("chains", gen_chains, (0.0, 0.05, 0.1))]
     for name, gen, noises in specs:
         for noise in noises:
-            rows = {"cascade": [], "causal": []}
+            rows = {"cascade": [], "causal": [], "causal_exact": []}
             for seed in seeds:
                 truth, log = gen(seed, noise, commits)
                 rows["causal"].append(R.edge_precision_recall(truth,
                                                               R.infer_causal(log).edges))
+                rows["causal_exact"].append(R.edge_precision_recall(
+                    truth, R.infer_causal(log, search="exact").edges))
                 rows["cascade"].append(R.edge_precision_recall(
                     truth, R.infer_dependencies(log.changed).edges))
                 bar.update(1)
@@ -238,7 +242,8 @@ def synthetic(seeds: list[int], commits: int, bar: tqdm) -> dict:
 def bus_logs(seeds: list[int], commits: dict, bar: tqdm) -> dict:
     out = {}
     for name, gen in (("bus_random", gen_bus_random), ("world", gen_world)):
-        rows = {"cascade": [], "causal": [], "causal_log_order": [], "probes_one_state": [],
+        rows = {"cascade": [], "causal": [], "causal_log_order": [], "causal_exact": [],
+                "probes_one_state": [],
                 "probes": [], "probes_vs_read_edges": []}
         unread = []
         for seed in seeds:
@@ -248,6 +253,8 @@ def bus_logs(seeds: list[int], commits: dict, bar: tqdm) -> dict:
                 log = R.changelog_from_bus(bus, graph=graph)
                 rows["causal_log_order"].append(
                     R.edge_precision_recall(truth, R.infer_causal(log).edges))
+                rows["causal_exact"].append(R.edge_precision_recall(
+                    truth, R.infer_causal(log, search="exact").edges))
                 rows["causal"].append(R.edge_precision_recall(
                     truth, R.infer_causal(log.written, log.changed).edges))
                 rows["cascade"].append(R.edge_precision_recall(

@@ -30,6 +30,13 @@ Two estimators of the direct dependency edges ``u -> v`` ("``v`` is computed fro
   All noisy-OR fits of one step (every target with every candidate added or removed) are one
   jitted EM of fixed shape, so a log of one shape compiles once.
 
+  With ``search="exact"`` step 3 is instead a score-based exact search (as in bounded
+  in-degree exact structure learning, e.g. Silander & Myllymäki 2006, under the order of
+  step 2): every subset of at most ``max_exact_parents`` candidates is fitted and the one
+  with the best BIC (log-likelihood minus ``log(T)/2`` per parent) is kept. Greedy growth
+  can commit early to a page that explains ``v``'s changes only together with others; the
+  exhaustive search cannot. It costs ``sum_k C(candidates, k)`` fits per page.
+
 * :func:`probe_dependencies` — interventional: on copies of States (e.g. ``bus.at(seq)`` at
   several seqs, plus synthetic contexts made from them; nothing is committed or logged), each
   page in turn is set to random (and non-finite) values and the graph propagates (the commit
@@ -48,6 +55,8 @@ Two estimators of the direct dependency edges ``u -> v`` ("``v`` is computed fro
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -358,6 +367,83 @@ def _shrink_step(changed: jax.Array, rows: jax.Array, parents: jax.Array
     return ll[:num], ll[num:].reshape(num, num).T, q[:num].T, leak[:num]
 
 
+def _grow_shrink(c: np.ndarray, rows: np.ndarray, allowed: np.ndarray, pos: np.ndarray,
+                 max_parents: int, crit: float, min_strength: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 3 by conditional-independence tests: ``(parents, strength, leak)``."""
+    num = c.shape[1]
+    parents = np.zeros((num, num), bool)
+    bonus = 1e-3 * pos[:, None] / max(num, 1)  # ties (identical columns): the nearest page
+    for _ in range(max_parents):
+        ll_base, ll_add, q_add, _ = (np.asarray(a) for a in _grow_step(c, rows, parents,
+                                                                      allowed))
+        gain = 2.0 * (ll_add - ll_base[None, :])
+        ok = allowed & ~parents & (gain >= crit) & (q_add >= min_strength)
+        if not ok.any():
+            break
+        score = np.where(ok, gain + bonus, -np.inf)
+        best = np.argmax(score, axis=0)
+        grow = ok[best, np.arange(num)]
+        parents[best[grow], np.arange(num)[grow]] = True
+    strength = np.zeros((num, num), np.float32)
+    leak = np.zeros(num, np.float32)
+    for _ in range(num * max_parents):
+        ll_base, ll_minus, q_base, leak = (np.asarray(a) for a in _shrink_step(c, rows, parents))
+        stat = 2.0 * (ll_base[None, :] - ll_minus)
+        weak = parents & ((stat < crit) | (q_base < min_strength))
+        strength = np.where(parents, q_base, 0.0).astype(np.float32)
+        if not weak.any():
+            break
+        score = np.where(weak, stat, np.inf)
+        worst = np.argmin(score, axis=0)
+        drop = weak[worst, np.arange(num)]
+        parents[worst[drop], np.arange(num)[drop]] = False
+    return parents, strength, leak
+
+
+_EXACT_MAX_FAMILIES = 1 << 15
+
+
+def _exact_parents(c: np.ndarray, rows: np.ndarray, allowed: np.ndarray, pos: np.ndarray,
+                   max_size: int, min_strength: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 3 by exhaustive best-BIC search: ``(parents, strength, leak)``."""
+    num = c.shape[1]
+    x = jnp.asarray(c, jnp.float32)
+    parents = np.zeros((num, num), bool)
+    strength = np.zeros((num, num), np.float32)
+    leak = np.zeros(num, np.float32)
+    sizes = allowed.sum(0)
+    for v in range(num):  # refuse before any fit
+        count = sum(math.comb(int(sizes[v]), k) for k in range(min(max_size, sizes[v]) + 1))
+        if count > _EXACT_MAX_FAMILIES:
+            raise InvalidProblemError(
+                f"exact search for page {v}: {count} parent sets of {sizes[v]} candidates; "
+                "lower max_exact_parents or use search='grow-shrink'")
+    for v in range(num):
+        cands = sorted(np.flatnonzero(allowed[:, v]).tolist(), key=lambda u: -pos[u])
+        size = min(max_size, len(cands))
+        families = [f for k in range(size + 1) for f in itertools.combinations(cands, k)]
+        padded = 1 << max(0, (len(families) - 1).bit_length())  # few shapes, few compiles
+        masks = np.zeros((padded, num), np.float32)
+        for i, f in enumerate(families):
+            masks[i, list(f)] = 1.0
+        y = jnp.broadcast_to(x[:, v:v + 1], (c.shape[0], padded))
+        r = jnp.broadcast_to(jnp.asarray(rows[:, v:v + 1]), (c.shape[0], padded))
+        q, lk, ll = (np.asarray(a) for a in _fit_families_jit(y, r, x, jnp.asarray(masks)))
+        n_rows = max(float(rows[:, v].sum()), 2.0)
+        bic = ll[:len(families)] - 0.5 * np.log(n_rows) * masks[:len(families)].sum(1)
+        best = int(np.argmax(bic))  # ties: the first, i.e. the smallest set of nearest pages
+        chosen = [u for u in families[best] if q[best, u] >= min_strength]
+        parents[chosen, v] = True
+        strength[chosen, v] = q[best, chosen]
+        leak[v] = lk[best]
+    return parents, strength, leak
+
+
+_fit_families_jit = jax.jit(_fit_families)
+
+
 def _check_log(written: Any, changed: Any) -> tuple[np.ndarray, np.ndarray]:
     w, c = np.asarray(written), np.asarray(changed)
     for what, a in (("written", w), ("changed", c)):
@@ -380,7 +466,8 @@ def _chi2_1(alpha: float) -> float:
 def infer_causal(written: Any, changed: Any | None = None, *,
                  order: Sequence[int] | None = None, alpha: float = 1e-3,
                  min_strength: float = 0.25, reach_strength: float = 0.05,
-                 min_writes: int = 5, max_parents: int = 8) -> CausalFit:
+                 min_writes: int = 5, max_parents: int = 8, search: str = "grow-shrink",
+                 max_exact_parents: int = 4) -> CausalFit:
     """Infer direct dependency edges from the writes and changes of a log (see module doc).
 
     Args:
@@ -397,6 +484,9 @@ def infer_causal(written: Any, changed: Any | None = None, *,
       reach_strength: minimum total effect of a write for ``u`` reaches ``v``.
       min_writes: pages written in fewer commits count as never written.
       max_parents: cap on the grow steps (parents per page).
+      search: ``"grow-shrink"`` (conditional-independence tests, default) or ``"exact"``
+        (best-BIC parent set by exhaustive search; see the module doc).
+      max_exact_parents: ``search="exact"``: the largest parent set tried.
 
     Returns:
       :class:`CausalFit`.
@@ -417,8 +507,11 @@ def infer_causal(written: Any, changed: Any | None = None, *,
         raise InvalidProblemError(f"alpha must be in (0, 1), got {alpha}")
     if not 0.0 <= min_strength < 1.0 or not 0.0 <= reach_strength < 1.0:
         raise InvalidProblemError("strength thresholds must be in [0, 1)")
-    if int(max_parents) < 1 or int(min_writes) < 0:
-        raise InvalidProblemError("max_parents must be >= 1 and min_writes >= 0")
+    if int(max_parents) < 1 or int(min_writes) < 0 or int(max_exact_parents) < 1:
+        raise InvalidProblemError("max_parents and max_exact_parents must be >= 1 and "
+                                  "min_writes >= 0")
+    if search not in ("grow-shrink", "exact"):
+        raise InvalidProblemError(f"search must be 'grow-shrink' or 'exact', got {search!r}")
     if order is not None:
         order = [int(i) for i in order]
         if sorted(order) != list(range(num)):
@@ -443,32 +536,12 @@ def infer_causal(written: Any, changed: Any | None = None, *,
     allowed = np.where(exogenous[:, None], reach & (before | ~reach.T), before) & ~eye
     # 3. grow-shrink parent selection on the changes (rows where the target is not written)
     rows = (~w).astype(np.float32)
-    parents = np.zeros((num, num), bool)
-    bonus = 1e-3 * pos[:, None] / max(num, 1)  # ties (identical columns): the nearest page
-    for _ in range(int(max_parents)):
-        ll_base, ll_add, q_add, _ = (np.asarray(a) for a in _grow_step(c, rows, parents,
-                                                                      allowed))
-        gain = 2.0 * (ll_add - ll_base[None, :])
-        ok = allowed & ~parents & (gain >= crit) & (q_add >= min_strength)
-        if not ok.any():
-            break
-        score = np.where(ok, gain + bonus, -np.inf)
-        best = np.argmax(score, axis=0)
-        grow = ok[best, np.arange(num)]
-        parents[best[grow], np.arange(num)[grow]] = True
-    strength = np.zeros((num, num), np.float32)
-    leak = np.zeros(num, np.float32)
-    for _ in range(num * int(max_parents)):
-        ll_base, ll_minus, q_base, leak = (np.asarray(a) for a in _shrink_step(c, rows, parents))
-        stat = 2.0 * (ll_base[None, :] - ll_minus)
-        weak = parents & ((stat < crit) | (q_base < min_strength))
-        strength = np.where(parents, q_base, 0.0).astype(np.float32)
-        if not weak.any():
-            break
-        score = np.where(weak, stat, np.inf)
-        worst = np.argmin(score, axis=0)
-        drop = weak[worst, np.arange(num)]
-        parents[worst[drop], np.arange(num)[drop]] = False
+    if search == "exact":
+        parents, strength, leak = _exact_parents(c, rows, allowed, pos, int(max_exact_parents),
+                                                 min_strength)
+    else:
+        parents, strength, leak = _grow_shrink(c, rows, allowed, pos, int(max_parents), crit,
+                                               min_strength)
     # measurement noise: when an intermediate w's change is missing from the log, its
     # ancestor u looks like a direct parent of v. Keep u -> v (u also reaching another parent
     # w) only if its exclusive support — v changed, u changed, no such w changed — exceeds

@@ -46,6 +46,31 @@ def test_noisy_log_still_recovered() -> None:
     assert p >= 0.9 and r >= 0.9, (p, r)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exact_search_recovers_planted_graphs(seed: int) -> None:
+    truth, written, changed = chain_log(seed)
+    fit = C.infer_causal(written, changed, search="exact")
+    np.testing.assert_array_equal(fit.edges, truth)
+    assert fit.strength[truth].min() > 0.9 and not fit.strength[~truth].any()
+    truth, written, changed = chain_log(3, commits=800, noise=0.05)
+    p, r = S.edge_precision_recall(truth, C.infer_causal(written, changed,
+                                                         search="exact").edges)
+    assert p >= 0.9 and r >= 0.9, (p, r)
+
+
+def test_exact_search_refuses_too_many_parent_sets() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.random((40, 40)) < 0.5
+    c = np.zeros((40, 40), bool)
+    c[:, 39] = True  # never written: every other page is a candidate (C(39, k), k <= 6)
+    w[:, 39] = False
+    with pytest.raises(errors.InvalidProblemError, match="max_exact_parents"):
+        C.infer_causal(w, c, order=list(range(40)), search="exact", max_exact_parents=6,
+                       min_writes=100)
+    with pytest.raises(errors.InvalidProblemError):
+        C.infer_causal(w, c, search="bfs")
+
+
 def bus_graph() -> mm.Graph:
     schema = mm.Schema([mm.PageSpec(n, (4,), "float32") for n in ("a", "b", "z")])
     g = mm.Graph(schema)
@@ -88,6 +113,8 @@ def test_changelog_from_bus_and_inference(bus) -> None:
     truth = truth_of(bus.graph)
     p, r = S.edge_precision_recall(truth, fit.edges)
     assert p == 1.0 and r >= 0.75, (p, r, fit.edges.astype(int))
+    p, r = S.edge_precision_recall(truth, C.infer_causal(log, search="exact").edges)
+    assert p == 1.0 and r >= 0.75, (p, r)
     # without a graph the DERIVED records (recomputed pages) stand in for the changes
     plain = C.changelog_from_bus(bus.log)
     assert plain.changed[:, 3:].sum() > log.changed[:, 3:].sum() and plain.order is None
