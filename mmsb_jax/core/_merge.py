@@ -8,6 +8,9 @@ one gather-combine-scatter. Row-sharded pages merge per shard under ``jax.shard_
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -147,26 +150,27 @@ def hashed_winning_rows(indices: jax.Array, num_rows: int) -> tuple[jax.Array, j
     return jnp.where(wins, key, num_rows), jnp.any(open_)
 
 
-@jax.custom_batching.custom_vmap
-def _hashed_or_sorted_impl(indices: jax.Array, num_rows_like: jax.Array) -> jax.Array:
-    num_rows = num_rows_like.shape[-2]
-    rows, unresolved = hashed_winning_rows(indices, num_rows)
-    return lax.cond(unresolved, lambda: sorted_winning_rows(indices, num_rows), lambda: rows)
+@functools.lru_cache(maxsize=64)
+def _hashed_or_sorted_fn(num_rows: int) -> Callable[[jax.Array], jax.Array]:
+    """Hashed winners with the sort as fallback; under ``vmap`` the sort alone (the ``cond``
+    would become a ``select`` that runs both paths). One function per static ``num_rows``."""
 
+    @jax.custom_batching.custom_vmap
+    def winners(indices: jax.Array) -> jax.Array:
+        rows, unresolved = hashed_winning_rows(indices, num_rows)
+        return lax.cond(unresolved, lambda: sorted_winning_rows(indices, num_rows),
+                        lambda: rows)
 
-@_hashed_or_sorted_impl.def_vmap
-def _hashed_or_sorted_vmap(axis_size, in_batched, indices, num_rows_like):
-    # Under vmap the cond would become a select that runs both paths: sort instead.
-    del axis_size
-    num_rows = num_rows_like.shape[-2]
-    if not in_batched[0]:
-        return sorted_winning_rows(indices, num_rows), False
-    return jax.vmap(lambda i: sorted_winning_rows(i, num_rows))(indices), True
+    @winners.def_vmap
+    def _(axis_size: int, in_batched: list[bool], indices: jax.Array):
+        del axis_size, in_batched  # one argument: it is the batched one
+        return jax.vmap(lambda i: sorted_winning_rows(i, num_rows))(indices), True
+
+    return winners
 
 
 def _hashed_or_sorted(indices: jax.Array, num_rows: int) -> jax.Array:
-    # n travels as the static shape of an empty placeholder (custom_vmap takes arrays only)
-    return _hashed_or_sorted_impl(indices, jnp.zeros((num_rows, 0), jnp.int8))
+    return _hashed_or_sorted_fn(num_rows)(indices)
 
 
 def _debug_check_rows(indices: jax.Array, n: int) -> None:
