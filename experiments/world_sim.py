@@ -14,7 +14,10 @@ that a disc moves less than its radius per step) the script measures, in the sam
 * ``dense`` (N = 10^3 only): the all-pairs ``O(N^2)`` broad phase, to show what the grid buys;
 * ``bus``: ``World.step`` bound to a Bus (``sync="never"``): one logged commit per step,
   against the hand-written step called once per step (``bus_throughput_vs_plain_step``), then
-  the replay of the whole run from the log, checked bit-for-bit against the live state;
+  the replay of the whole run from the log, checked bit-for-bit against the live state; once
+  with the record written in the commit (``write_behind: false``: each commit waits for the
+  step that computed its payload) and once with ``write_behind=True`` (written during the next
+  step);
 * ``vmap``: B worlds of 256 discs stepped together with ``jax.vmap`` vs one at a time.
 
 Energy drift over the measured run (elastic collisions, reflecting walls) and the grid overflow
@@ -94,7 +97,8 @@ def measure_size(n: int, radius: float, steps: int, repeat: int) -> dict:
     return row
 
 
-def measure_bus(n: int, radius: float, steps: int, rounds: int = 5) -> dict:
+def measure_bus(n: int, radius: float, steps: int, rounds: int = 9, *,
+                write_behind: bool = False) -> dict:
     """One logged commit per step vs the hand-written step dispatched once per step.
 
     Both loops run from Python one step at a time (the bus commits every step), interleaved
@@ -103,7 +107,7 @@ def measure_bus(n: int, radius: float, steps: int, rounds: int = 5) -> dict:
     speed = 0.25 * radius / DT / 4
     with tempfile.TemporaryDirectory() as d:
         with apps.World.open(d + "/w", DT, capacity=n, max_radius=radius, broadphase="grid",
-                             sync="never") as world:
+                             sync="never", write_behind=write_behind) as world:
             world.set_state(world.random_state(jax.random.key(0), n, speed=speed))
             world.step(2)  # compile the bound path
             st = world.state
@@ -133,7 +137,8 @@ def measure_bus(n: int, radius: float, steps: int, rounds: int = 5) -> dict:
             epochs = all(int(live.epochs[k]) == int(replayed.epochs[k])
                          for k in world.graph.base.names)
             log_bytes = world.bus.metrics()["bytes_logged"]
-    return {"entities": n, "steps": steps * rounds, "bus_s_per_step": t_bus_s / steps,
+    return {"entities": n, "write_behind": write_behind, "steps": steps * rounds,
+            "bus_s_per_step": t_bus_s / steps,
             "plain_step_s_per_step": t_plain_s / steps,
             "bus_entity_steps_per_s": n * steps / t_bus_s,
             "plain_step_entity_steps_per_s": n * steps / t_plain_s,
@@ -165,7 +170,7 @@ def main() -> None:
     for n, r, steps in sizes:
         rows.append(measure_size(n, r, steps, repeat=3))
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()})
-    bus = [measure_bus(n, r, 20) for n, r, _ in SIZES[:2]]
+    bus = [measure_bus(n, r, 20, write_behind=wb) for n, r, _ in SIZES[:2] for wb in (False, True)]
     print(bus)
     vm = measure_vmap(16 if args.quick else 64)
     print(vm)
@@ -176,8 +181,10 @@ def main() -> None:
     ax.loglog(ns, [r["mmsb_entity_steps_per_s"] for r in rows], "o-", label="World.simulate")
     ax.loglog(ns, [r["plain_entity_steps_per_s"] for r in rows], "s--",
               label="hand-written scan, same kernels")
-    ax.loglog([b["entities"] for b in bus], [b["bus_entity_steps_per_s"] for b in bus], "^:",
-              label="bound to a Bus (1 commit/step)")
+    for wb, mark in ((False, "^:"), (True, "v:")):
+        pts = [b for b in bus if b["write_behind"] == wb]
+        ax.loglog([b["entities"] for b in pts], [b["bus_entity_steps_per_s"] for b in pts], mark,
+                  label="bound to a Bus (1 commit/step" + (", write-behind)" if wb else ")"))
     ax.set_xlabel("entities")
     ax.set_ylabel("entity-steps / s")
     ax.set_title(f"World throughput ({jax.default_backend()})")

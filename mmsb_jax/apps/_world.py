@@ -267,13 +267,16 @@ class World:
     # -- construction helpers ---------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | os.PathLike, dt: float, *, sync: str = "batch",
-             **kwargs: Any) -> World:
+             write_behind: bool = False, **kwargs: Any) -> World:
         """A World bound to the bus in ``directory`` (created, or resumed from its log).
 
         Args:
           directory: the bus directory.
           dt: time step.
           sync: the bus sync policy.
+          write_behind: open the bus with ``write_behind`` (``sync="never"`` only): each
+            step's record is written during the next step, so stepping does not wait for the
+            physics it logs (see :meth:`mmsb_jax.Bus.open`).
           **kwargs: other :class:`World` arguments.
 
         Returns:
@@ -282,7 +285,7 @@ class World:
         from mmsb_jax.runtime.bus import Bus
 
         world = cls(dt, **kwargs)
-        bus = Bus.open(directory, world.graph.base, sync=sync)
+        bus = Bus.open(directory, world.graph.base, sync=sync, write_behind=write_behind)
         try:
             world.bind(bus)
         except BaseException:

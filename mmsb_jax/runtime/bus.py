@@ -176,7 +176,7 @@ class Bus(StateHolder):
              prune_log: bool = False, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
              batch_commits: int = DEFAULT_BATCH_COMMITS,
              batch_interval_ms: float = DEFAULT_BATCH_INTERVAL_MS,
-             donate: bool = False) -> Bus:
+             donate: bool = False, write_behind: bool = False) -> Bus:
         """Open the bus in ``directory``, creating it or recovering it.
 
         Args:
@@ -203,6 +203,14 @@ class Bus(StateHolder):
             deleted by it: read with :meth:`read` (a copy) or copy what you keep. With
             ``checkpoint_every`` the periodic checkpoints are then saved synchronously (a
             background save must not read a donated page). Off by default.
+          write_behind: (``sync="never"`` only) write each commit's log record at the next
+            commit (or :meth:`sync`, :meth:`checkpoint`, :meth:`at`, :meth:`close`) instead of
+            in :meth:`commit`, so a commit of arrays that a jitted step is still computing
+            returns without waiting for them and the next step's work overlaps the log write.
+            A process crash can then lose the last commit (``never`` already loses unsynced
+            ones on an OS crash); the log on disk lags the bus by that one commit until
+            flushed; JAX arrays committed must not be deleted before the next commit. Not
+            with ``donate``. Off by default.
 
         Returns:
           The open Bus; its state is the state after the last complete logged commit.
@@ -217,6 +225,11 @@ class Bus(StateHolder):
             raise OptionError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
         if int(keep_checkpoints) < 1:
             raise OptionError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
+        if write_behind and (donate or sync != "never"):
+            raise OptionError(
+                f'write_behind needs sync="never" and no donate, got sync={sync!r}, '
+                f"donate={donate!r} (a pending record cannot be fsynced, and a donating "
+                "commit would delete page buffers the previous commit's record still reads)")
         schema = resolve_schema(schema, graph)
         provenance = dict(graph.provenance()) if graph is not None else {}
         directory = Path(directory)
@@ -226,7 +239,7 @@ class Bus(StateHolder):
         telemetry = Telemetry()
         tlog = TLog.open(directory / "log", schema, graph=provenance, sync=sync,
                          segment_bytes=segment_bytes, batch_commits=batch_commits,
-                         batch_interval_ms=batch_interval_ms,
+                         batch_interval_ms=batch_interval_ms, write_behind=write_behind,
                          on_fsync=lambda s: telemetry.observe("fsync", s))
         ckpts = None
         try:
@@ -581,7 +594,8 @@ class Bus(StateHolder):
 
     # -- durability -------------------------------------------------------------------------
     def sync(self) -> None:
-        """Make every commit so far durable (fsync the log)."""
+        """Make every commit so far durable (fsync the log; a write-behind commit is written
+        first)."""
         self._tlog.sync()
 
     def checkpoint(self) -> int:

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from mmsb_jax.core.delta import Delta
 from mmsb_jax.core.pages import Schema
 from mmsb_jax.errors import (
@@ -246,6 +248,13 @@ class TLog:
     one (a background thread), and on :meth:`sync`/:meth:`close`; ``"never"`` leaves it to the
     OS.
 
+    Write-behind (``write_behind=True``, only with ``"never"``): :meth:`append` given a
+    ``layout`` keeps the transaction pending and writes it at the next append (or
+    :meth:`flush`, :meth:`sync`, :meth:`close`, and before any read of this log), so device
+    arrays in its deltas are read once their computation has finished instead of while it
+    runs. A process crash then loses at most that one pending transaction; a failed pending
+    write makes the log unusable until reopened (see :meth:`append`).
+
     Attributes:
       path: the log directory.
       schema: the stored schema (None for an empty read-only log).
@@ -257,7 +266,7 @@ class TLog:
     def __init__(self, path: Path, scan: LogScan, *, sync: str, readonly: bool,
                  segment_bytes: int, batch_commits: int, batch_interval_ms: float,
                  lock: DirLock | None, recovery: RecoveryReport,
-                 on_fsync: Callable[[float], None] | None):
+                 on_fsync: Callable[[float], None] | None, write_behind: bool = False):
         self.path = path
         self.schema: Schema | None = scan.schema
         self.graph: dict[str, Any] = dict(scan.graph or {})
@@ -282,6 +291,9 @@ class TLog:
         self._closing = False
         self._closed = False
         self._broken: str | None = None
+        self.write_behind = write_behind
+        # the pending transaction of write-behind: (first_seq, count, nbytes, encode)
+        self._behind: tuple[int, int, int, Callable[[int], bytes]] | None = None
         self.fsyncs = 0
 
     # -- opening ----------------------------------------------------------------------------
@@ -291,7 +303,8 @@ class TLog:
              readonly: bool = False, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
              batch_commits: int = DEFAULT_BATCH_COMMITS,
              batch_interval_ms: float = DEFAULT_BATCH_INTERVAL_MS,
-             on_fsync: Callable[[float], None] | None = None) -> TLog:
+             on_fsync: Callable[[float], None] | None = None,
+             write_behind: bool = False) -> TLog:
         """Open (and for a writer recover, or create) the log in directory ``path``.
 
         Args:
@@ -305,11 +318,14 @@ class TLog:
           batch_commits: ``batch`` policy: fsync after this many unsynced transactions.
           batch_interval_ms: ``batch`` policy: fsync this long after the first unsynced one.
           on_fsync: called with each fsync's duration in seconds (telemetry).
+          write_behind: write each :meth:`append` (given a ``layout``) at the next one instead
+            (see the class docstring); only with ``sync="never"`` on a writer.
 
         Raises:
-          OptionError: a bad option. StoreError: the directory is locked by another live
-          writer, or a new log without a schema. SchemaMismatchError: ``schema`` differs from
-          the stored one. LogCorruptError: corruption (nothing is modified).
+          OptionError: a bad option (``write_behind`` with another policy or ``readonly``).
+          StoreError: the directory is locked by another live writer, or a new log without a
+          schema. SchemaMismatchError: ``schema`` differs from the stored one.
+          LogCorruptError: corruption (nothing is modified).
         """
         if sync not in SYNC_POLICIES:
             raise OptionError(f"sync must be one of {SYNC_POLICIES}, got {sync!r}")
@@ -319,6 +335,10 @@ class TLog:
             raise OptionError("batch_interval_ms must be positive")
         if schema is not None and not isinstance(schema, Schema):
             raise OptionError(f"schema must be a Schema, got {type(schema).__name__}")
+        if write_behind and (sync != "never" or readonly):
+            raise OptionError('write_behind needs sync="never" on a writer (a pending '
+                              f"transaction cannot be fsynced), got sync={sync!r}"
+                              + (", readonly" if readonly else ""))
         p = Path(path)
         if readonly:
             if not p.exists():
@@ -346,7 +366,7 @@ class TLog:
             tlog = cls(p, scan, sync=sync, readonly=False, segment_bytes=int(segment_bytes),
                        batch_commits=int(batch_commits),
                        batch_interval_ms=float(batch_interval_ms), lock=lock,
-                       recovery=recovery, on_fsync=on_fsync)
+                       recovery=recovery, on_fsync=on_fsync, write_behind=bool(write_behind))
             if not tlog._segments:
                 tlog.schema = schema
                 tlog.graph = dict(graph or {})
@@ -394,7 +414,10 @@ class TLog:
     # -- properties -------------------------------------------------------------------------
     @property
     def last_seq(self) -> int:
-        """Seq of the last transaction in the log (0 if none)."""
+        """Seq of the last transaction appended (0 if none; a write-behind one included)."""
+        behind = self._behind
+        if behind is not None:
+            return behind[0] + behind[1] - 1
         return self._segments[-1].last_seq if self._segments else 0
 
     @property
@@ -413,7 +436,8 @@ class TLog:
         return self._closed
 
     def info(self) -> list[TLogInfo]:
-        """A summary per segment."""
+        """A summary per segment (a write-behind transaction is written first)."""
+        self.flush()
         return [TLogInfo(str(s.path), s.number, s.base_seq, s.last_seq, s.end,
                          s.last_seq - s.base_seq) for s in self._segments]
 
@@ -435,6 +459,13 @@ class TLog:
         accepts less). If writing (or the ``always`` fsync) fails, the segment is truncated back
         to where it was and :class:`StoreError` is raised: the log is unchanged.
 
+        Under write-behind with a ``layout``, the transaction is kept pending (host numpy
+        leaves are copied now; JAX arrays, immutable, are read when it is written) and the
+        previously pending one is written first. The JAX arrays must not be deleted (or
+        donated) before then. If writing a pending transaction fails, that transaction is
+        not in the log, :class:`StoreError` says so, and the log refuses further appends
+        until it is reopened.
+
         Args:
           seq: must be ``last_seq + 1``.
           deltas: the transaction's deltas (leaves are copied to the host).
@@ -450,14 +481,17 @@ class TLog:
         ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
         seq = int(seq)
         if layout is not None:
+            if self.write_behind:
+                deltas = [_pinned(d) for d in deltas]
             return self.append_encoded(
-                seq, 1, layout.nbytes, lambda salt: layout.encode(salt, seq, deltas, ts))
+                seq, 1, layout.nbytes, lambda salt: layout.encode(salt, seq, deltas, ts),
+                defer=self.write_behind)
         bodies = fmt.transaction_bodies(seq, deltas, derived, ts)
         need = fmt.REC_HEADER_SIZE * len(bodies) + sum(map(len, bodies))
         return self.append_encoded(seq, 1, need, lambda salt: fmt.frame_all(salt, bodies))
 
     def append_encoded(self, first_seq: int, count: int, nbytes: int,
-                       encode: Callable[[int], bytes]) -> int:
+                       encode: Callable[[int], bytes], *, defer: bool = False) -> int:
         """Append ``count`` consecutive transactions with one write (and one fsync).
 
         Args:
@@ -465,54 +499,92 @@ class TLog:
           count: how many transactions ``encode`` writes (seqs ``first_seq ..``).
           nbytes: the length of ``encode``'s output (decides a segment roll first).
           encode: ``salt -> bytes``, the framed transactions for the segment's salt.
+          defer: under write-behind, keep them pending (``encode`` then runs when they are
+            written, so everything it reads must stay unchanged until then).
 
         Returns:
-          The number of bytes written. All ``count`` transactions are in the log, or (on an
-          I/O error, :class:`StoreError`) none of them.
+          The number of bytes written (or to be written, when deferred). All ``count``
+          transactions are in the log, or (on an I/O error, :class:`StoreError`) none of them.
         """
         with self._lock:
             self._check_writable()
+            self._flush_locked()
             if first_seq != self.last_seq + 1:
                 raise StoreError(f"append seq {first_seq}, expected {self.last_seq + 1}")
+            if defer and self.write_behind:
+                self._behind = (first_seq, count, nbytes, encode)
+                return nbytes
+            return self._write_locked(first_seq, count, nbytes, encode)
+
+    def _write_locked(self, first_seq: int, count: int, nbytes: int,
+                      encode: Callable[[int], bytes]) -> int:
+        """Write ``count`` transactions now (the body of :meth:`append_encoded`)."""
+        seg = self._segments[-1]
+        if seg.last_seq > seg.base_seq and self._size + nbytes > self.segment_bytes:
+            self._roll()
             seg = self._segments[-1]
-            if seg.last_seq > seg.base_seq and self._size + nbytes > self.segment_bytes:
-                self._roll()
-                seg = self._segments[-1]
-            data = encode(seg.salt)
-            start = self._size
-            fd = self._fd
-            assert fd is not None  # a writable, open log has its newest segment open
-            try:
-                _write_all(fd, data)
-                if self.sync_policy == "always":
-                    self._timed_fsync(fd)
-            except OSError as e:
-                self._undo_to(start, e)
-                raise StoreError(f"log write failed, nothing was committed: {e}") from e
-            last = first_seq + count - 1
-            self._size = start + len(data)
-            self._txn_start = start
-            self._txn_count = count
-            self._segments[-1] = _Segment(seg.number, seg.path, seg.base_seq, last, self._size,
-                                          seg.salt)
-            if self.sync_policy == "batch":
-                self._unsynced += count
-                if self._unsynced >= self.batch_commits:
-                    try:
-                        self._sync_locked()
-                    except StoreError as e:
-                        # the caller is told this commit failed: it must not stay in the log
-                        self._undo_to(start, e)
-                        self._segments[-1] = seg
-                        self._txn_start = None
-                        raise
-                elif self._unsynced == count:
-                    # the first unsynced commit starts the flusher's timer; later ones need not
-                    # wake it (a wake-up per commit costs a context switch and lock traffic)
-                    self._first_unsynced = time.monotonic()
-                    self._ensure_flusher()
-                    self._cond.notify()
-            return len(data)
+        data = encode(seg.salt)
+        start = self._size
+        fd = self._fd
+        assert fd is not None  # a writable, open log has its newest segment open
+        try:
+            _write_all(fd, data)
+            if self.sync_policy == "always":
+                self._timed_fsync(fd)
+        except OSError as e:
+            self._undo_to(start, e)
+            raise StoreError(f"log write failed, nothing was committed: {e}") from e
+        last = first_seq + count - 1
+        self._size = start + len(data)
+        self._txn_start = start
+        self._txn_count = count
+        self._segments[-1] = _Segment(seg.number, seg.path, seg.base_seq, last, self._size,
+                                      seg.salt)
+        if self.sync_policy == "batch":
+            self._unsynced += count
+            if self._unsynced >= self.batch_commits:
+                try:
+                    self._sync_locked()
+                except StoreError as e:
+                    # the caller is told this commit failed: it must not stay in the log
+                    self._undo_to(start, e)
+                    self._segments[-1] = seg
+                    self._txn_start = None
+                    raise
+            elif self._unsynced == count:
+                # the first unsynced commit starts the flusher's timer; later ones need not
+                # wake it (a wake-up per commit costs a context switch and lock traffic)
+                self._first_unsynced = time.monotonic()
+                self._ensure_flusher()
+                self._cond.notify()
+        return len(data)
+
+    def _flush_locked(self) -> None:
+        behind = self._behind
+        if behind is None:
+            return
+        self._behind = None
+        first, count = behind[0], behind[1]
+        try:
+            self._write_locked(*behind)
+        except BaseException as e:
+            # the caller was told these transactions were committed: say they are lost, and
+            # stop, since later appends would not follow the log
+            seqs = f"seq {first}" if count == 1 else f"seqs {first}..{first + count - 1}"
+            self._broken = f"the write-behind of {seqs} failed ({e})"
+            raise StoreError(f"log {self.path}: writing the pending {seqs} failed, so it is "
+                             f"not in the log: {e}; reopen the log to recover") from e
+
+    def flush(self) -> None:
+        """Write the pending write-behind transaction now (nothing to do without one).
+
+        Raises:
+          StoreError: the write failed (see :meth:`append`).
+        """
+        with self._lock:
+            if self._behind is not None:
+                self._check_writable()
+                self._flush_locked()
 
     def _undo_to(self, start: int, cause: BaseException) -> None:
         assert self._fd is not None
@@ -530,6 +602,9 @@ class TLog:
         """
         with self._lock:
             self._check_writable()
+            if self._behind is not None:  # still pending: nothing was written
+                self._behind = None
+                return
             if self._txn_start is None:
                 raise StoreError("no transaction to undo")
             seg = self._segments[-1]
@@ -571,6 +646,9 @@ class TLog:
         with self._lock:
             if self._closed or self.readonly:
                 return
+            if self._behind is not None:
+                self._check_writable()
+                self._flush_locked()
             if self.sync_policy == "never":
                 self._unsynced = max(self._unsynced, 1)
             self._sync_locked()
@@ -605,6 +683,7 @@ class TLog:
         """
         with self._lock:
             self._check_writable()
+            self._flush_locked()
             removed = []
             while len(self._segments) > 1 and self._segments[1].base_seq <= seq:
                 seg = self._segments.pop(0)
@@ -615,7 +694,12 @@ class TLog:
             return removed
 
     def close(self) -> None:
-        """Flush (unless ``never``), stop the flusher, close files and release the lock."""
+        """Write a pending write-behind transaction, fsync (unless ``never``), stop the
+        flusher, close files and release the lock.
+
+        Raises:
+          StoreError: the pending transaction could not be written (the log is closed anyway).
+        """
         with self._lock:
             if self._closed:
                 return
@@ -625,6 +709,8 @@ class TLog:
             self._flusher.join()
         with self._lock:
             try:
+                if self._behind is not None and not self._broken:
+                    self._flush_locked()
                 if self._fd is not None and self.sync_policy != "never" and not self._broken:
                     self._sync_locked()
             finally:
@@ -650,14 +736,17 @@ class TLog:
                      ) -> Iterator[Transaction]:
         """Iterate the transactions with ``after_seq < seq <= to_seq`` (default: all), in order.
 
-        Only complete transactions known when the call starts are read; deltas have numpy
-        leaves. A torn tail seen by a reader is never returned.
+        Only complete transactions known when the call starts are read (a pending
+        write-behind one is written first); deltas have numpy leaves. A torn tail seen by a
+        reader is never returned.
 
         Raises:
           UnknownSeqError: ``after_seq`` is before the first transaction still held.
           LogCorruptError: a segment changed underneath and no longer checks out.
         """
         with self._lock:
+            if self._behind is not None and not self._closed:
+                self._flush_locked()
             segs = list(self._segments)
         last = segs[-1].last_seq if segs else 0
         to = last if to_seq is None else min(int(to_seq), last)
@@ -673,10 +762,21 @@ class TLog:
 
     def iter_info(self) -> Iterator[tuple[Path, fmt.TxnInfo]]:
         """``(segment path, TxnInfo)`` for every complete transaction (re-scans the files)."""
+        self.flush()
         for seg in list(self._segments):
             scan = fmt.scan_segment(_read_file(seg.path, seg.end))
             for t in scan.txns:
                 yield seg.path, t
+
+
+def _pinned(d: Delta) -> Delta:
+    """``d`` with its host numpy leaves copied, so a caller may reuse its buffers after a
+    write-behind append (JAX arrays are immutable and kept as they are)."""
+    leaves = (d.indices, d.mask, d.values)
+    if not any(isinstance(x, np.ndarray) for x in leaves):
+        return d
+    idx, mask, vals = (x.copy() if isinstance(x, np.ndarray) else x for x in leaves)
+    return Delta._new(idx, mask, vals, d.page, d.kind, d.op, d.count, d.unique)
 
 
 def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int) -> Iterator[Transaction]:
