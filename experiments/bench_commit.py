@@ -173,6 +173,14 @@ def targets(tmp: Path, budget: float, rounds: int) -> dict:
         def run_raw_host(page=page, raw=raw, idx=idx, vals=vals):
             page[0] = raw(page[0], idx, vals)
 
+        # what a pure apply must at least do: no donation (its input state stays valid) and
+        # the page's epoch in and out
+        pure = jax.jit(lambda p, e, i, v: (p.at[i].add(v), e + 1))
+        pure_page = [jnp.zeros(page_bytes, jnp.uint8), jnp.zeros((), jnp.int32)]
+
+        def run_raw_pure(pure=pure, pp=pure_page, idx=idx, vals=vals):
+            pp[0], pp[1] = pure(pp[0], pp[1], idx, vals)
+
         def blk(page=page):
             page[0].block_until_ready()
 
@@ -184,6 +192,8 @@ def targets(tmp: Path, budget: float, rounds: int) -> dict:
                                                       sync=blk),
             "raw_jit_host_inputs": lambda: per_call(run_raw_host, budget_s=budget, repeat=1,
                                                     sync=blk),
+            "raw_jit_host_inputs_undonated_with_epoch": lambda pp=pure_page: per_call(
+                run_raw_pure, budget_s=budget, repeat=1, sync=lambda: jax.block_until_ready(pp)),
             "bus_commit": lambda bus=bus, idx=idx, vals=vals: per_call(
                 lambda: bus.commit(mm.Delta.rows("raw", idx, vals, "add")), budget_s=budget,
                 repeat=1, sync=lambda: jax.block_until_ready(bus.state.pages)),
@@ -208,6 +218,11 @@ def targets(tmp: Path, budget: float, rounds: int) -> dict:
                                           / res["raw_jit_device_inputs"]),
             "apply_eager_vs_raw_host": (res["apply_eager_prebuilt_delta"]
                                         / res["raw_jit_host_inputs"]),
+            "apply_eager_vs_raw_undonated_with_epoch": (
+                res["apply_eager_prebuilt_delta"]
+                / res["raw_jit_host_inputs_undonated_with_epoch"]),
+            "raw_undonated_with_epoch_vs_raw_host": (
+                res["raw_jit_host_inputs_undonated_with_epoch"] / res["raw_jit_host_inputs"]),
             "target_bus_commit_vs_raw": 3.0, "target_apply_vs_raw": 2.0,
         }
     # compat update_page of a 1 KiB page

@@ -418,7 +418,37 @@ def _plans(state: State, touched: Sequence[str]) -> tuple[tuple[str, Any], ...]:
                  if (sh := recorded.get(n) or page_sharding(state.pages[n])) is not None)
 
 
+def _apply_one_impl(spec: tuple, plans: tuple[tuple[str, Any], ...], page: jax.Array,
+                    epoch: jax.Array, indices: Leaf, mask: Leaf, values: Leaf):
+    """:func:`_apply_impl` of one delta, its operands passed flat (``page: [*S]``,
+    ``epoch: int32[]`` and the delta's leaves) and its static fields in ``spec``."""
+    name, kind, op, count, unique = spec
+    delta = Delta._new(indices, mask, values, name, kind, op, count, unique)
+    pages, epochs = _apply_impl({name: page}, {name: epoch}, [delta], plans)
+    return pages[name], epochs[name]
+
+
+#: ``(page, kind, op, count, unique, plans) -> jitted _apply_one_impl``: eager ``apply`` of
+#: one delta passes nothing but arrays to JAX (no pytree of dicts and Deltas to flatten).
+_APPLY_ONE: dict[tuple, Callable[..., tuple[jax.Array, jax.Array]]] = {}
+
+
+def _run_one(state: State, d: Delta) -> State:
+    name = d.page
+    plans = _plans(state, (name,))
+    key = (name, d.kind, d.op, d.count, d.unique, plans)
+    fn = _APPLY_ONE.get(key)
+    if fn is None:
+        if len(_APPLY_ONE) >= _MAX_VALID_STRUCTURES:
+            _APPLY_ONE.clear()
+        fn = _APPLY_ONE[key] = jax.jit(functools.partial(_apply_one_impl, key[:5], plans))
+    page, epoch = fn(state.pages[name], state.epochs[name], d.indices, d.mask, d.values)
+    return state.with_pages({name: page}, {name: epoch})
+
+
 def _run(state: State, deltas: Sequence[Delta]) -> State:
+    if len(deltas) == 1:
+        return _run_one(state, deltas[0])
     touched = list(dict.fromkeys(d.page for d in deltas))
     sub_pages = {n: state.pages[n] for n in touched}
     sub_epochs = {n: state.epochs[n] for n in touched}

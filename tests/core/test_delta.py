@@ -337,6 +337,25 @@ def test_eager_apply_reuses_its_compiled_merge():
                                          .astype(np.float32)))
 
     run()
+    fns = dict(delta_mod._APPLY_ONE)
+    sizes = {k: f._cache_size() for k, f in fns.items()}
+    for _ in range(5):
+        run()
+    assert delta_mod._APPLY_ONE == fns
+    assert {k: f._cache_size() for k, f in fns.items()} == sizes
+
+
+def test_eager_apply_batch_reuses_its_compiled_merge():
+    s = _state()
+    rng = np.random.default_rng(2)
+
+    def run():
+        idx = rng.integers(0, ROWS, CAP).astype(np.int32)
+        vals = rng.standard_normal((CAP, WIDTH)).astype(np.float32)
+        return mm.apply_batch(s, [mm.Delta.rows("p", idx, vals, "add"),
+                                  mm.Delta.full("p", np.ones((ROWS, WIDTH), np.float32), "mul")])
+
+    run()
     size = delta_mod._apply_jit._cache_size()
     for _ in range(5):
         run()

@@ -114,7 +114,7 @@ def test_a_failed_pending_write_is_reported_and_stops_the_bus(tmp_path):
         chex.assert_trees_all_equal(bus.state, expected(1))
 
 
-def test_undo_of_a_pending_transaction_writes_nothing(tmp_path):
+def test_undo_of_a_pending_transaction_writes_nothing_and_flush_writes_it(tmp_path):
     first = [mm.Delta.full("f", np.ones((4, 3), np.float32))]
     second = [mm.Delta.full("f", np.full((4, 3), 5.0, np.float32))]
     layout = fmt.TxnLayout(first)
@@ -123,7 +123,9 @@ def test_undo_of_a_pending_transaction_writes_nothing(tmp_path):
         log.undo_last()
         assert log.last_seq == 0
         log.append(1, second, layout=layout)
-    (t,) = read_transactions(tmp_path)
+        assert list(read_transactions(tmp_path)) == []
+        log.flush()  # written now, without waiting for the next append
+        (t,) = read_transactions(tmp_path)
     np.testing.assert_array_equal(t.deltas[0].values, second[0].values)
 
 
