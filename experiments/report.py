@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 ENV_KEYS = ("machine", "env", "device", "params", "config", "environment")
 PREFERRED = ("ratio", "speedup", "fraction", "vs_", "per_s", "_ms", "_us", "seconds")
-MAX_COLUMNS = 14
+MAX_COLUMNS = 16
 LABEL_KEYS = ("case", "name", "policy", "pattern", "op", "kind", "rows_updated", "dirty")
 MAX_ROWS = 60
 MAX_CELL = 60
