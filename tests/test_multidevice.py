@@ -16,7 +16,7 @@ def test_multidevice_suite_passes_on_eight_fake_cpu_devices():
     env["JAX_PLATFORMS"] = "cpu"
     env["MMSB_MULTIDEVICE"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-x",
          str(ROOT / "tests" / "multidevice")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )

@@ -89,6 +89,19 @@ def test_time_travel_and_replay_are_bit_exact(tmp_path):
         chex.assert_trees_all_equal(bus.state, live[9])
 
 
+def test_segment_rolls_checkpoints_and_pruning_flush_the_pending_commit(tmp_path):
+    with Bus.open(tmp_path, SCHEMA, sync="never", write_behind=True, segment_bytes=600,
+                  checkpoint_every=5, keep_checkpoints=1, prune_log=True) as bus:
+        for seq in range(1, 24):
+            bus.commit(txn(seq))
+        assert bus.checkpoint() == 23  # the log is flushed first, never behind a checkpoint
+        assert bus.log.first_seq > 1  # segments rolled, and those under the checkpoint pruned
+        bus.commit(txn(24))
+    with Bus.open(tmp_path, SCHEMA, sync="never") as bus:
+        assert bus.seq == 24
+        chex.assert_trees_all_equal(bus.state, expected(24))
+
+
 def test_host_buffers_may_be_reused_after_commit(tmp_path):
     buf = np.arange(12, dtype=np.float32).reshape(4, 3)
     with Bus.open(tmp_path, SCHEMA, sync="never", write_behind=True) as bus:
