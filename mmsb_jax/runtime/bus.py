@@ -654,11 +654,12 @@ class Bus(StateHolder):
         Keys: ``commits, commit_failures, seq, bytes_logged, bytes_applied, checkpoints,
         callback_errors, torn_tail_bytes_cut, page_bytes, page_bytes_by_device, latency``
         (``{stage: {count, sum_s, mean_s, buckets}}`` for commit, validate, log, apply,
-        propagate, notify, fsync, checkpoint), ``fsyncs``, ``sync``, ``log_segments``,
-        ``first_seq``.
+        propagate, notify, fsync, checkpoint), ``fsyncs``, ``sync``, ``write_behind``,
+        ``log_segments``, ``first_seq``.
         """
         out = self._tel.snapshot()
         out.update(fsyncs=self._tlog.fsyncs, sync=self._tlog.sync_policy,
+                   write_behind=self._tlog.write_behind,
                    log_segments=len(self._tlog.segments), first_seq=self._tlog.first_seq)
         return out
 
@@ -690,7 +691,8 @@ class Bus(StateHolder):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"seq={self._seq}"
-        return f"Bus({str(self.directory)!r}, {state}, sync={self._tlog.sync_policy!r})"
+        behind = ", write_behind=True" if self._tlog.write_behind else ""
+        return f"Bus({str(self.directory)!r}, {state}, sync={self._tlog.sync_policy!r}{behind})"
 
 
 @contextlib.contextmanager

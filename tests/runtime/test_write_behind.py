@@ -62,6 +62,7 @@ def test_log_lags_one_commit_until_flushed(tmp_path):
         for seq in (1, 2, 3):
             assert bus.commit(txn(seq)).seq == seq
         assert bus.log.last_seq == 3
+        assert bus.metrics()["write_behind"] and "write_behind=True" in repr(bus)
         assert seqs_on_disk(tmp_path) == [1, 2]  # another reader sees the written ones
         bus.sync()
         assert seqs_on_disk(tmp_path) == [1, 2, 3]
