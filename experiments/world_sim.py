@@ -17,7 +17,8 @@ that a disc moves less than its radius per step) the script measures, in the sam
   the replay of the whole run from the log, checked bit-for-bit against the live state; once
   with the record written in the commit (``write_behind: false``: each commit waits for the
   step that computed its payload) and once with ``write_behind=True`` (written during the next
-  step);
+  step); ``unbound_step_throughput_vs_plain_step`` is the same World unbound, one
+  ``World.step(1)`` per step (no log), measured in the same rounds: the ceiling of the bus path;
 * ``vmap``: B worlds of 256 discs stepped together with ``jax.vmap`` vs one at a time.
 
 Energy drift over the measured run (elastic collisions, reflecting walls) and the grid overflow
@@ -114,7 +115,12 @@ def measure_bus(n: int, radius: float, steps: int, rounds: int = 9, *,
             raw = [st.pages[k] for k in ("pos", "vel", "radius", "mass", "alive")]
             plain_step = plain_run(world.params, 1)
             jax.block_until_ready(plain_step(*raw))
-            t_bus, t_plain = [], []
+            # the same World unbound, stepped one step per call: the store's step without a
+            # log, which bounds what the bus path can reach
+            free = apps.World(DT, capacity=n, max_radius=radius, broadphase="grid")
+            free.set_state(st)
+            free.step(1)
+            t_bus, t_plain, t_free = [], [], []
             for _ in range(rounds):
                 t0 = time.perf_counter()
                 world.step(steps)
@@ -126,7 +132,13 @@ def measure_bus(n: int, radius: float, steps: int, rounds: int = 9, *,
                     p, v = plain_step(p, v, *raw[2:])
                 jax.block_until_ready(p)
                 t_plain.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    free.step(1)
+                jax.block_until_ready(free.state)
+                t_free.append(time.perf_counter() - t0)
             t_bus_s, t_plain_s = float(np.median(t_bus)), float(np.median(t_plain))
+            t_free_s = float(np.median(t_free))
             live = world.state
             t0 = time.perf_counter()
             replayed = world.replay()
@@ -143,6 +155,7 @@ def measure_bus(n: int, radius: float, steps: int, rounds: int = 9, *,
             "bus_entity_steps_per_s": n * steps / t_bus_s,
             "plain_step_entity_steps_per_s": n * steps / t_plain_s,
             "bus_throughput_vs_plain_step": t_plain_s / t_bus_s,
+            "unbound_step_throughput_vs_plain_step": t_plain_s / t_free_s,
             "replay_s": t_replay,
             "replay_bit_exact": bool(exact and epochs), "bytes_logged": int(log_bytes)}
 
