@@ -53,8 +53,13 @@ def test_write_behind_refuses_other_policies_and_donate(tmp_path, kw):
     with pytest.raises(OptionError, match="write_behind"):
         Bus.open(tmp_path / "b", SCHEMA, write_behind=True, **kw)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("kw", [dict(sync="batch"), dict(sync="never", readonly=True)])
+def test_tlog_write_behind_needs_a_never_writer(tmp_path, kw):
     with pytest.raises(OptionError, match="write_behind"):
-        TLog.open(tmp_path / "l", SCHEMA, sync="batch", write_behind=True)
+        TLog.open(tmp_path / "l", SCHEMA, write_behind=True, **kw)
+    assert not (tmp_path / "l").exists()
 
 
 def test_log_lags_one_commit_until_flushed(tmp_path):
