@@ -30,6 +30,8 @@ Writes ``experiments/results/maze_planning.json`` and ``experiments/results/maze
 
    Reported per method and maze set: success rate, mean path length / BFS length on the
    successes, and wall time (first call including compilation, and a second, warm call).
+3. The spread over training seeds: nets trained from ``--extra-train-seeds`` (default 1 and 2)
+   with the same configuration, their learned planners evaluated on the same mazes.
 
 Timing runs with XLA's CPU thread pool off unless ``--threads`` (see ``plan_gridworld.py``).
 Run ``python experiments/maze_planning.py [--quick]``.
@@ -116,7 +118,8 @@ def timed(fn: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[Any, float, 
 
 
 def evaluate(net: mp.MazeNet, walls: np.ndarray, starts: np.ndarray, goals: np.ndarray,
-             args: argparse.Namespace, key: jax.Array) -> dict[str, Any]:
+             args: argparse.Namespace, key: jax.Array, *, learned_only: bool = False
+             ) -> dict[str, Any]:
     b, h, w = walls.shape
     budget = 4 * (h + w)
     optimal = np.array([mp.maze_distances(walls[i], tuple(goals[i]))[tuple(starts[i])]
@@ -130,10 +133,13 @@ def evaluate(net: mp.MazeNet, walls: np.ndarray, starts: np.ndarray, goals: np.n
             return traj.done[:, -1], traj.steps_to_done
         return run
 
-    methods["random"] = flat(mp.random_policy(MODEL))
-    methods["greedy"] = flat(mp.greedy_policy)
-    methods["greedy_visited"] = lambda: greedy_visited(jnp.asarray(walls), jnp.asarray(starts),
-                                                       jnp.asarray(goals), jnp.zeros(budget))
+    if learned_only:  # the nets of the other training seeds: the baselines do not change
+        args = argparse.Namespace(**{**vars(args), "flat_sims": [], "hierarchical": False})
+    else:
+        methods["random"] = flat(mp.random_policy(MODEL))
+        methods["greedy"] = flat(mp.greedy_policy)
+        methods["greedy_visited"] = lambda: greedy_visited(
+            jnp.asarray(walls), jnp.asarray(starts), jnp.asarray(goals), jnp.zeros(budget))
     for n in args.flat_sims:
         methods[f"mcts/{n}"] = flat(mp.mcts_policy(MODEL, num_simulations=n,
                                                    static_pages=STATIC))
@@ -173,6 +179,8 @@ def evaluate(net: mp.MazeNet, walls: np.ndarray, starts: np.ndarray, goals: np.n
         print(f"    {name:22s} success {out['success_rate']:.2f}  ratio "
               f"{'-' if ratio is None else f'{ratio:.3f}'}  ({first:.1f} s, warm {warm:.2f} s)",
               flush=True)
+    if learned_only:
+        return results
     bfs_ok = optimal <= budget
     results["methods"]["bfs"] = {"success_rate": float(bfs_ok.mean()),
                                  "path_ratio_on_success": 1.0, "path_ratio_max": 1.0,
@@ -262,6 +270,9 @@ def main() -> None:
     p.add_argument("--obstacle-sizes", type=int, nargs="+", default=[10, 15])
     p.add_argument("--corner-rooms", type=int, nargs="+", default=[10],
                    help="k x k-room backtracker mazes (2k+1 grid, outer wall), corner to corner")
+    p.add_argument("--extra-train-seeds", type=int, nargs="*", default=[1, 2],
+                   help="train more nets from these seeds and evaluate their learned planners "
+                        "on the same mazes (the spread over training seeds)")
     p.add_argument("--hier-sims", type=int, default=16)
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--no-hierarchical", dest="hierarchical", action="store_false")
@@ -270,14 +281,21 @@ def main() -> None:
         args.mazes, args.train_iterations = 10, 120
         args.sizes, args.flat_sims = [10, 15], [32]
         args.obstacle_sizes, args.corner_rooms = [10], [6]
-    bar = tqdm(total=args.train_iterations, desc="train MazeNet", unit="it")
+        args.extra_train_seeds = []
 
-    def progress(i: int, info: dict[str, float]) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{info['loss']:.3f}", success=f"{info['success']:.2f}")
+    def train(seed: int) -> mp.TrainResult:
+        bar = tqdm(total=args.train_iterations, desc=f"train MazeNet (seed {seed})", unit="it")
 
-    res = mp.train_maze_agent(0, num_iterations=args.train_iterations, progress=progress)
-    bar.close()
+        def progress(i: int, info: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{info['loss']:.3f}", success=f"{info['success']:.2f}")
+
+        out = mp.train_maze_agent(seed, num_iterations=args.train_iterations,
+                                  progress=progress)
+        bar.close()
+        return out
+
+    res = train(0)
     print(f"trained in {res.seconds:.1f} s; self-play success over the last 20 iterations "
           f"{res.self_play_success[-20:].mean():.2f}")
     report: dict[str, Any] = {
@@ -309,12 +327,24 @@ def main() -> None:
         "note": "the net observes the wall map and the goal (its state observation) and searches "
                 "with the true gridworld model; it never sees distances. BFS is given the map "
                 "as the optimal reference."}
+    mazes = {}
     for name, (seed, make) in sets.items():
         assert seed < mp.TRAIN_SEED_MIN
-        walls, starts, goals = make()
+        walls, starts, goals = mazes[name] = make()
         print(f"  {name} ({walls.shape[1]}x{walls.shape[2]} grid)", flush=True)
         report["evaluation"][name] = evaluate(res.net, walls, starts, goals, args, key)
         report["evaluation"][name]["grid"] = list(walls.shape[1:])
+    report["other_training_seeds"] = {}
+    for seed in args.extra_train_seeds:
+        other = train(seed)
+        print(f"training seed {seed}: {other.seconds:.1f} s", flush=True)
+        entry: dict[str, Any] = {"seconds": other.seconds, "self_play_success_last_20": float(
+            other.self_play_success[-20:].mean()), "evaluation": {}}
+        for name, (walls, starts, goals) in mazes.items():
+            print(f"  {name}", flush=True)
+            entry["evaluation"][name] = evaluate(other.net, walls, starts, goals, args, key,
+                                                 learned_only=True)["methods"]
+        report["other_training_seeds"][str(seed)] = entry
     path = args.out or RESULTS / ("maze_planning_quick.json" if args.quick
                                   else "maze_planning.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,6 @@ __all__ = [
 
 TRAIN_SEED_MIN = 2**30  # training mazes use seeds in [2**30, 2**31): held-out seeds go below
 _NEG = -1.0e4  # log-space "impossible": finite, so gradients stay finite
-_VALUE_SCALES = (1.0, 4.0, 16.0)  # value = sum_j w_j exp(L / s_j) + bias: slopes at all ranges
 
 
 # -- mazes ----------------------------------------------------------------------------------
@@ -191,11 +190,17 @@ class MazeNet(nnx.Module):
 
     and the heads ``logits_a(s) = beta (Q_a(s) - max_a Q_a(s)) + residual_a(s)`` with
     ``Q_a = c_a + L_K(s + a)`` and
-    ``value(s) = sum_j w_j exp(L_K(s) / s_j) + bias`` (``s_j = 1, 4, 16``, so the value has a
-    slope near and far from the goal); ``gamma = sigmoid(.)``, ``beta = softplus(.)``, ``w``
-    and ``bias`` are learned. ``L`` is a learned log-discounted reachability
-    of the goal: with ``sigmoid(tau) = 1`` on free moves it is ``d log gamma`` at BFS distance
-    ``d``, which the network is never given and must learn to compute.
+    ``value(s) = w exp(L_K(s) log(gamma_v) / log(gamma)) + bias``; ``gamma = sigmoid(.)``,
+    ``gamma_v = sigmoid(.)``, ``beta = softplus(.)``, ``w`` and ``bias`` are learned. ``L``
+    is a learned log-discounted reachability of the goal: with ``sigmoid(tau) = 1`` on free
+    moves it is ``d log gamma`` at BFS distance ``d``, which the network is never given and
+    must learn to compute. The value is then ``w gamma_v**d + bias``: the family the return
+    of a gridworld with a goal reward, a step cost and a discount lies in (``w = R / gamma_v
+    + c / (1 - gamma_v)``, ``bias = -c / (1 - gamma_v)``), so values fitted on small mazes
+    stay Bellman-consistent at distances no training maze has (the search's backups compare
+    values of neighbouring cells, far from the goal too). The value sees ``L`` and ``gamma``
+    through a stop-gradient: the value loss fits ``w``, ``bias`` and ``gamma_v`` only, and
+    the distances are trained by the policy and model losses.
 
     Args:
       channels: width of the encoder (``C``).
@@ -217,8 +222,10 @@ class MazeNet(nnx.Module):
                              bias_init=lambda *_: bias)
         self.gamma_logit = nnx.Param(jnp.asarray(4.6, jnp.float32))   # gamma ~ 0.99
         self.beta = nnx.Param(jnp.asarray(2.0, jnp.float32))          # softplus -> ~ 2.1
-        self.value_weights = nnx.Param(jnp.full((len(_VALUE_SCALES),), 0.5, jnp.float32))
-        self.value_bias = nnx.Param(jnp.asarray(-0.5, jnp.float32))
+        # the value head starts at maze_model()'s return (R = 1, c = 0.01, gamma_v = 0.99)
+        self.value_discount_logit = nnx.Param(jnp.asarray(4.6, jnp.float32))
+        self.value_weight = nnx.Param(jnp.asarray(2.0, jnp.float32))
+        self.value_bias = nnx.Param(jnp.asarray(-1.0, jnp.float32))
 
     def model_logits(self, walls: jax.Array, goals: jax.Array) -> jax.Array:
         """The encoder's head ``f32[B, H, W, 9]``: ``rho``, ``tau_0..3``, policy residuals.
@@ -255,8 +262,9 @@ class MazeNet(nnx.Module):
         # "probably blocked" move would otherwise be a shortcut through a wall whenever the
         # detour is long enough, and detours grow with the maze.
         log_r = jnp.where(out[..., 0] > 0, jax.nn.log_sigmoid(out[..., 0]), _NEG)
+        log_gamma = jax.nn.log_sigmoid(self.gamma_logit[...])
         log_t = jnp.where(out[..., 1:5] > 0, jax.nn.log_sigmoid(out[..., 1:5]), _NEG) \
-            + jax.nn.log_sigmoid(self.gamma_logit[...])
+            + log_gamma
 
         def backup(lv, _):
             q = jnp.max(log_t + _shift(lv, _NEG), axis=-1)
@@ -266,7 +274,12 @@ class MazeNet(nnx.Module):
         q = log_t + _shift(lv, _NEG)
         q = q - lax.stop_gradient(jnp.max(q, axis=-1, keepdims=True))
         logits = jax.nn.softplus(self.beta[...]) * q + out[..., 5:9]
-        value = jnp.exp(lv[..., None] / jnp.asarray(_VALUE_SCALES)) @ self.value_weights[...] \
+        # lv / log_gamma is the learned distance; the value discounts it by gamma_v. The
+        # value loss fits only the head (w, bias, gamma_v): noisy self-play returns must not
+        # bend the planner's distances, which the policy and the model losses train.
+        kappa = jax.nn.log_sigmoid(self.value_discount_logit[...]) \
+            / lax.stop_gradient(log_gamma)
+        value = self.value_weight[...] * jnp.exp(kappa * lax.stop_gradient(lv)) \
             + self.value_bias[...]
         return MazeMaps(logits, value)
 
