@@ -9,7 +9,7 @@ Generators (truth in brackets):
   non-written pages [the transitive reduction: with full propagation a redundant edge leaves
   no trace];
 * ``cutoff``: random DAGs, each edge carries a change with probability U(0.4, 0.9) (early
-  cut-off), 0 and 5 % noise [all edges];
+  cut-off), 0, 5 and 10 % noise [all edges];
 * ``chains``: four chains of five pages, 0/5/10 % noise [chain edges];
 * ``bus_random``: a real ``mm.Bus`` with 4 base pages and 12 derived pages (quantised,
   clipped, max, gated and summed functions of 1-3 earlier pages), commits writing rows of 1-2
@@ -221,7 +221,7 @@ def summarise(rows: list[tuple[float, float]]) -> dict:
 def synthetic(seeds: list[int], commits: int, bar: tqdm) -> dict:
     out = {}
     specs = [("multi_source", gen_multi_source, (0.0, 0.05, 0.1)),
-             ("cutoff", gen_cutoff, (0.0, 0.05)),
+             ("cutoff", gen_cutoff, (0.0, 0.05, 0.1)),
              ("chains", gen_chains, (0.0, 0.05, 0.1))]
     for name, gen, noises in specs:
         for noise in noises:
@@ -304,7 +304,7 @@ def main() -> None:
     bus_commits = {"bus_random": 300 if args.quick else 1500,
                    "world": 60 if args.quick else 200}
     t0 = time.perf_counter()
-    with tqdm(total=len(seeds) * 10, desc="structural inference") as bar:
+    with tqdm(total=len(seeds) * 11, desc="structural inference") as bar:
         results = synthetic(seeds, commits, bar)
         results.update(bus_logs(seeds, bus_commits, bar))
     payload = {"seeds": seeds, "commits": commits, "bus_commits": bus_commits,

@@ -465,7 +465,7 @@ def _chi2_1(alpha: float) -> float:
 
 def infer_causal(written: Any, changed: Any | None = None, *,
                  order: Sequence[int] | None = None, alpha: float = 1e-3,
-                 min_strength: float = 0.25, reach_strength: float = 0.05,
+                 min_strength: float = 0.15, reach_strength: float = 0.05,
                  min_writes: int = 5, max_parents: int = 8, search: str = "grow-shrink",
                  max_exact_parents: int = 4) -> CausalFit:
     """Infer direct dependency edges from the writes and changes of a log (see module doc).
