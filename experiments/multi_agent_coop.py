@@ -21,7 +21,7 @@ gives the mean over seeds and a 95 % t-interval over seeds, and the paired diffe
 IPPO - best heuristic. Training bit-determinism is checked by training a short run
 (100 updates) twice.
 
-Run ``python experiments/multi_agent_coop.py [--quick] [--updates N] [--seeds N]``
+Run ``python experiments/multi_agent_coop.py [--quick] [--updates N] [--seeds N] [--task T]``
 (default: 5 seeds x 2000 updates of 32 environments x 32 steps, about 15 minutes on 2 CPU
 cores; ``--quick``: 1 seed x 20 updates, 128 evaluation episodes, not a result).
 
@@ -48,8 +48,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 EPISODES = 256
-TASK = {"num_agents": 3, "grid": 8, "num_light": 3, "num_heavy": 2, "need": 2, "view": 2}
-EPISODE_LEN = 48
+# ``--task``: the configuration of the main result, and a larger one run afterwards with the
+# same PPO settings, untuned (4 agents on 10 x 10, heavy items that need 3 of them)
+TASKS = {
+    "main": ({"num_agents": 3, "grid": 8, "num_light": 3, "num_heavy": 2, "need": 2,
+              "view": 2}, 48),
+    "four": ({"num_agents": 4, "grid": 10, "num_light": 3, "num_heavy": 3, "need": 3,
+              "view": 2}, 64),
+}
 
 
 def interval(values: list[float]) -> dict:
@@ -70,13 +76,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed x 20 updates")
     parser.add_argument("--updates", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--task", choices=sorted(TASKS), default="main",
+                        help="main: results/multi_agent_coop.json; others: "
+                             "results/multi_agent_coop_<task>.json")
     args = parser.parse_args()
+    task, episode_len = TASKS[args.task]
+    out_name = "multi_agent_coop" if args.task == "main" else f"multi_agent_coop_{args.task}"
     updates = args.updates or (20 if args.quick else 2000)
     seeds = list(range(args.seeds or (1 if args.quick else 5)))
     episodes = 128 if args.quick else EPISODES
-    env = apps.CoopForaging(TASK["num_agents"], TASK["grid"], num_light=TASK["num_light"],
-                            num_heavy=TASK["num_heavy"], need=TASK["need"], view=TASK["view"])
-    params = apps.CoopForagingParams(episode_len=EPISODE_LEN)
+    env = apps.CoopForaging(task["num_agents"], task["grid"], num_light=task["num_light"],
+                            num_heavy=task["num_heavy"], need=task["need"], view=task["view"])
+    params = apps.CoopForagingParams(episode_len=episode_len)
     config = config_for(updates)
 
     def evaluate(policy, seed: int) -> float:
@@ -114,8 +125,15 @@ def main() -> None:
                "IPPO and the best heuristic are not separated at 95 %")
     print({k: f"{v['mean']:.2f} ± {v['ci95']:.2f}" for k, v in table.items()})
     print(f"{learned} - {best}: {diff['mean']:.2f} ± {diff['ci95']:.2f}: {verdict}")
-    path = write_json("multi_agent_coop", {
-        "task": {**TASK, **params._asdict()},
+    earlier = {} if args.task != "main" else {
+        "full_view_6x6_earlier_run": {"best_heuristic_split": 67.2, "split_ci95": 0.15,
+                                      "ippo_greedy": 66.5, "ippo_greedy_ci95": 1.1,
+                                      "updates": 2000, "verdict": "tie"},
+        "first_partial_view_run": {"updates": 1000, "best_heuristic_split": 33.1,
+                                   "ippo_sampled": 46.7, "ippo_sampled_ci95": 1.4,
+                                   "note": "before split_roam/split_center/split_explore"}}
+    path = write_json(out_name, {
+        "task": {"name": args.task, **task, **params._asdict()},
         "ppo": {k: getattr(config, k) for k in ("lr", "num_envs", "num_steps",
                                                   "total_timesteps", "update_epochs",
                                                   "num_minibatches", "gamma", "ent_coef",
@@ -124,13 +142,7 @@ def main() -> None:
         "team_return": table, "best_heuristic": best, "learned": learned,
         "learned_minus_best_heuristic": diff, "verdict": verdict,
         "train_s_per_seed": train_s, "env_steps_per_seed": config.total_timesteps,
-        "training_bit_deterministic_short_run": deterministic,
-        "full_view_6x6_earlier_run": {"best_heuristic_split": 67.2, "split_ci95": 0.15,
-                                      "ippo_greedy": 66.5, "ippo_greedy_ci95": 1.1,
-                                      "updates": 2000, "verdict": "tie"},
-        "first_partial_view_run": {"updates": 1000, "best_heuristic_split": 33.1,
-                                   "ippo_sampled": 46.7, "ippo_sampled_ci95": 1.4,
-                                   "note": "before split_roam/split_center/split_explore"}})
+        "training_bit_deterministic_short_run": deterministic, **earlier})
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     steps = np.arange(1, updates + 1) * config.num_envs * config.num_steps
     for seed, curve in curves.items():
@@ -146,9 +158,11 @@ def main() -> None:
            color=["0.7"] * (1 + len(heuristics)) + ["C0", "C0"])
     bx.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     bx.set_ylabel(f"team return (mean ± 95 % CI, {len(seeds)} seeds)")
-    fig.suptitle("CoopForaging: 3 agents, 8x8, 5x5 view, heavy items need 2 agents at once")
+    side = 2 * task["view"] + 1
+    fig.suptitle(f"CoopForaging: {task['num_agents']} agents, {task['grid']}x{task['grid']}, "
+                 f"{side}x{side} view, heavy items need {task['need']} agents at once")
     fig.tight_layout()
-    fig.savefig(RESULTS / "multi_agent_coop.png", dpi=120)
+    fig.savefig(RESULTS / f"{out_name}.png", dpi=120)
     print("wrote", path)
 
 
