@@ -467,6 +467,7 @@ def test_heuristics_see_only_their_window():
     assert all(m[0] in (1, 4) for m in moves)  # from (7, 7) only north or west move
 
 
+@pytest.mark.slow  # 43 s of training; experiments/multi_agent_coop.py measures the same over seeds
 def test_short_ippo_run_beats_random_with_a_partial_view():
     config = PPOConfig(lr=1e-3, num_envs=32, num_steps=24, total_timesteps=32 * 24 * 120,
                        update_epochs=4, num_minibatches=4, gamma=0.95, hidden=64)
