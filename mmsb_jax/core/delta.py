@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.core
@@ -61,7 +61,7 @@ from mmsb_jax.core._merge import (
     resolve_rows,
 )
 from mmsb_jax.core._sharding import keep_sharding, page_sharding, row_sharding, row_sharding_of
-from mmsb_jax.core.pages import State
+from mmsb_jax.core.pages import PageMap, State
 from mmsb_jax.errors import (
     ComposeError,
     DTypeError,
@@ -433,7 +433,8 @@ def _apply_one_impl(spec: tuple, plans: tuple[tuple[str, Any], ...], page: jax.A
 _APPLY_ONE: dict[tuple, Callable[..., tuple[jax.Array, jax.Array]]] = {}
 
 
-def _run_one(state: State, d: Delta) -> State:
+def _apply_one_fn(state: State, d: Delta) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """The jitted :func:`_apply_one_impl` for ``d``'s static fields and page sharding."""
     name = d.page
     plans = _plans(state, (name,))
     key = (name, d.kind, d.op, d.count, d.unique, plans)
@@ -442,6 +443,12 @@ def _run_one(state: State, d: Delta) -> State:
         if len(_APPLY_ONE) >= _MAX_VALID_STRUCTURES:
             _APPLY_ONE.clear()
         fn = _APPLY_ONE[key] = jax.jit(functools.partial(_apply_one_impl, key[:5], plans))
+    return fn
+
+
+def _run_one(state: State, d: Delta) -> State:
+    name = d.page
+    fn = _apply_one_fn(state, d)
     page, epoch = fn(state.pages[name], state.epochs[name], d.indices, d.mask, d.values)
     return state.with_pages({name: page}, {name: epoch})
 
@@ -469,8 +476,54 @@ def apply(state: State, delta: Delta) -> State:
     >>> s.pages["x"].tolist(), int(s.epochs["x"])
     ([1, 0, 9], 1)
     """
+    if type(delta) is Delta:
+        out = _apply_cached(state, delta)
+        if out is not None:
+            return out
     validate_deltas(state, [delta])
     return _run(state, [delta])
+
+
+#: ``structure -> (jitted apply, rows)`` for eager ``apply`` of one delta on a concrete page:
+#: the structure key holds everything :func:`validate` checks (so a hit is valid up to its
+#: row indices) and everything the compiled function depends on (the page's sharding and
+#: the State's recorded shardings).
+_APPLY_CACHED: dict[tuple, tuple[Callable[..., tuple[jax.Array, jax.Array]], int]] = {}
+#: types of concrete (not traced) page arrays seen by ``apply``: one set lookup tells them.
+_CONCRETE_PAGE_TYPES: set[type] = set()
+
+
+def _apply_cached(state: State, d: Delta) -> State | None:
+    """``apply`` of a delta whose structure was validated before: one lookup, the row check,
+    the dispatch. ``None`` when the structure is new (or the page is traced): the caller
+    then validates and applies it the general way, which fills the cache."""
+    name = d.page
+    page = state.pages.get(name)
+    if page is None:
+        return None
+    if type(page) not in _CONCRETE_PAGE_TYPES:
+        if not isinstance(page, jax.Array) or isinstance(page, _Tracer):
+            return None
+        _CONCRETE_PAGE_TYPES.add(type(page))
+    idx, mask, vals = d.indices, d.mask, d.values
+    key = (name, d.kind, d.op, d.count, d.unique, page.shape, page.dtype, page.sharding,
+           state.shardings, vals.shape, vals.dtype,
+           None if mask is None else (mask.shape, mask.dtype),
+           None if idx is None else idx.shape)
+    hit = _APPLY_CACHED.get(key)
+    if hit is None:
+        validate_deltas(state, [d])
+        fn = _apply_one_fn(state, d)
+        if len(_APPLY_CACHED) >= _MAX_VALID_STRUCTURES:
+            _APPLY_CACHED.clear()
+        hit = _APPLY_CACHED[key] = (fn, page.shape[0] if d.kind == "rows" else -1)
+    fn, rows = hit
+    if rows >= 0 and not _rows_in_range(idx, rows):
+        validate_deltas(state, [d])  # raises IndexOutOfRangeError with the offending rows
+    epochs = cast(PageMap, state.epochs)._data.copy()
+    new_pages = cast(PageMap, state.pages)._data.copy()
+    new_pages[name], epochs[name] = fn(page, epochs[name], idx, mask, vals)
+    return State._wrap(new_pages, epochs, state.shardings)
 
 
 def _merge_runs(deltas: Sequence[Delta]) -> list[Delta]:

@@ -337,12 +337,31 @@ def test_eager_apply_reuses_its_compiled_merge(monkeypatch):
                                          .astype(np.float32)))
 
     monkeypatch.setattr(delta_mod, "_APPLY_ONE", {})
+    monkeypatch.setattr(delta_mod, "_APPLY_CACHED", {})
     run()
     (fn,) = delta_mod._APPLY_ONE.values()  # apply took the flat-argument path
+    assert [f for f, _ in delta_mod._APPLY_CACHED.values()] == [fn]
     size = fn._cache_size()
+    real = delta_mod.validate_deltas
+    validated: list[int] = []
+    monkeypatch.setattr(delta_mod, "validate_deltas",
+                        lambda *a: validated.append(1) or real(*a))
     for _ in range(5):
         run()
+    # the structure was validated once; later calls only check their rows
+    assert validated == [] and len(delta_mod._APPLY_CACHED) == 1
     assert list(delta_mod._APPLY_ONE.values()) == [fn] and fn._cache_size() == size
+    # a cached structure still refuses out-of-range rows with a typed error, unchanged
+    bad = mm.Delta.rows("p", np.array([0, ROWS], np.int32), np.ones((2, WIDTH), np.float32))
+    with pytest.raises(errors.IndexOutOfRangeError, match=str(ROWS)):
+        mm.apply(s, bad)
+    with pytest.raises(errors.IndexOutOfRangeError):
+        mm.apply(s, bad)
+    # same shapes, another page dtype or shape: a new structure, validated again
+    other = mm.init_state(mm.Schema([mm.PageSpec("p", (ROWS, WIDTH), "int32")]))
+    with pytest.raises(errors.DTypeError):
+        mm.apply(other, mm.Delta.rows("p", np.arange(CAP, dtype=np.int32),
+                                      np.ones((CAP, WIDTH), np.float32)))
 
 
 def test_eager_apply_batch_reuses_its_compiled_merge(monkeypatch):
