@@ -161,7 +161,7 @@ class CompiledTransaction:
       OptionError: ``deltas`` is empty.
     """
 
-    __slots__ = ("_fn", "_leaves", "_names", "_shardings", "_single")
+    __slots__ = ("_donated", "_fn", "_impl", "_leaves", "_names", "_shardings", "_single")
 
     def __init__(self, state: State, deltas: Sequence[Delta], *, graph: Graph | None = None,
                  donate: bool = False):
@@ -181,8 +181,9 @@ class CompiledTransaction:
             self._leaves = operator.attrgetter(*attrs)  # (d) -> the tuple of its leaves
         else:
             self._leaves = None
-        fn = functools.partial(_flat_impl, graph, names, spec, shardings)
-        self._fn = jax.jit(fn, donate_argnums=(0, 1) if donate else ())
+        self._impl = functools.partial(_flat_impl, graph, names, spec, shardings)
+        self._fn = jax.jit(self._impl, donate_argnums=(0, 1) if donate else ())
+        self._donated = self._fn if donate else None
 
     def matches(self, state: State) -> bool:
         """Whether ``state`` has the page shardings this transaction was compiled for (pages
@@ -190,8 +191,19 @@ class CompiledTransaction:
         sh = state.shardings
         return sh is self._shardings or sh == self._shardings
 
-    def __call__(self, state: State, deltas: Sequence[Delta]) -> State:
-        """The State after ``deltas`` (validated, of this structure and ``state`` layout)."""
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The pages a call reads (and, donating, whose buffers and epochs it donates)."""
+        return self._names
+
+    def __call__(self, state: State, deltas: Sequence[Delta], *, donate: bool = False
+                 ) -> State:
+        """The State after ``deltas`` (validated, of this structure and ``state`` layout).
+
+        ``donate=True`` donates the buffers of :attr:`names` and their epochs (``state``'s
+        arrays of those pages are deleted); a transaction built with ``donate=True``
+        always donates. The donating function is compiled on its first use.
+        """
         all_pages = cast(PageMap, state.pages)._data
         all_epochs = cast(PageMap, state.epochs)._data
         get = self._leaves
@@ -209,14 +221,17 @@ class CompiledTransaction:
         names = self._names
         pages = all_pages.copy()
         epochs = all_epochs.copy()
+        fn = self._fn
+        if donate:
+            fn = self._donated
+            if fn is None:
+                fn = self._donated = jax.jit(self._impl, donate_argnums=(0, 1))
         if self._single:
             name = names[0]
-            (pages[name],), (epochs[name],) = self._fn(
-                (all_pages[name],), (all_epochs[name],), leaves)
+            (pages[name],), (epochs[name],) = fn((all_pages[name],), (all_epochs[name],), leaves)
         else:
-            new_pages, new_epochs = self._fn(tuple([all_pages[n] for n in names]),
-                                             tuple([all_epochs[n] for n in names]),
-                                             leaves)
+            new_pages, new_epochs = fn(tuple([all_pages[n] for n in names]),
+                                       tuple([all_epochs[n] for n in names]), leaves)
             pages.update(zip(names, new_pages, strict=True))
             epochs.update(zip(names, new_epochs, strict=True))
         return State._wrap(pages, epochs, state.shardings)

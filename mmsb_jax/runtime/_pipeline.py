@@ -12,14 +12,16 @@ check of its indices and one jitted dispatch on JAX's C++ fast path.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, cast
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 import numpy as np
 
 from mmsb_jax.core.delta import PADDING, Delta, _rows_in_range, validate_deltas
-from mmsb_jax.core.pages import Schema, State
+from mmsb_jax.core.pages import PageMap, Schema, State
 from mmsb_jax.core.transaction import (
     CompiledTransaction,
     apply_transaction,
@@ -201,13 +203,17 @@ class Pipeline:
         self._plans[key] = plan
         return plan
 
-    def apply(self, state: State, deltas: Sequence[Delta], plan: CommitPlan | None = None
-              ) -> State:
+    def apply(self, state: State, deltas: Sequence[Delta], plan: CommitPlan | None = None,
+              *, donate: bool = False) -> State:
         """Dispatch the transaction (validated by :meth:`prepare`, whose ``plan`` it may pass
-        to reuse the plan's compiled transaction): the new State."""
+        to reuse the plan's compiled transaction): the new State.
+
+        ``donate=True`` (with a ``plan``) donates the buffers of the pages the compiled
+        transaction reads; the caller must know nothing else reads them
+        (:func:`sole_owner`)."""
         compiled = None if plan is None else plan.compiled
         if compiled is not None and compiled.matches(state):
-            return compiled(state, deltas)
+            return compiled(state, deltas, donate=donate)
         return apply_transaction(state, deltas, check=False, graph=self.graph,
                                  donate=self.donate)
 
@@ -223,6 +229,65 @@ class Pipeline:
         new = jax.device_get([after.epochs[n] for n in affected])
         old = jax.device_get([before.epochs[n] for n in affected])
         return tuple(n for n, a, b in zip(affected, new, old, strict=True) if a != b)
+
+
+#: Whether reference counts tell when a State's buffers are held by nothing else: CPython
+#: with the GIL before 3.14 (3.14 borrows references on the evaluation stack, which
+#: ``sys.getrefcount`` then does not see; free-threaded builds defer reference counts).
+AUTO_DONATE = (sys.implementation.name == "cpython" and sys.version_info < (3, 14)
+               and bool(getattr(sys, "_is_gil_enabled", lambda: True)()))
+
+
+def _refcounts(state: State, names: Sequence[str]) -> list[int]:
+    rc = sys.getrefcount
+    pm = cast(PageMap, state.pages)
+    em = cast(PageMap, state.epochs)
+    pages, epochs = pm._data, em._data
+    out = [rc(state), rc(pm), rc(em)]
+    for n in names:
+        out += (rc(pages[n]), rc(epochs[n]))
+    return out
+
+
+def _counts_of_held(holder: Any, names: Sequence[str]) -> list[int]:
+    # The calling pattern of ``Bus._commit``: the State in an attribute and in a local, then
+    # passed down two calls. Calibrating through the same code gives this interpreter's counts.
+    state = holder._state
+    return _counts_via(state, names)
+
+
+def _counts_via(state: State, names: Sequence[str]) -> list[int]:
+    return _refcounts(state, names)
+
+
+def _calibrate() -> tuple[int, int, int]:
+    probe = SimpleNamespace(_state=State._wrap({"p": object()}, {"p": object()}, ()))
+    counts = _counts_of_held(probe, ("p",))
+    if counts[3] != counts[4]:
+        return (0, 0, 0)  # not understood: never donate
+    return counts[0], counts[1], counts[3]
+
+
+_SOLE_STATE, _SOLE_MAP, _SOLE_LEAF = _calibrate()
+
+
+def sole_owner(state: State, names: Sequence[str]) -> bool:
+    """Whether nothing but its holder references ``state``, its page maps and the arrays
+    (and epochs) of ``names``, so donating those buffers cannot invalidate anything anyone
+    can read. The caller holds ``state`` in one attribute and one local variable (as
+    ``Bus._commit`` does) and must keep other threads from taking a new reference meanwhile
+    (the Bus reads its state under its commit lock). Always False where :data:`AUTO_DONATE`
+    is False.
+
+    A numpy view of a page (``np.asarray(page)`` on CPU) holds the buffer without a Python
+    reference to the array; XLA then refuses the donation and copies, so the view stays valid.
+    """
+    if not AUTO_DONATE:
+        return False
+    counts = _refcounts(state, names)
+    if counts[0] > _SOLE_STATE or counts[1] > _SOLE_MAP or counts[2] > _SOLE_MAP:
+        return False
+    return max(counts[3:]) <= _SOLE_LEAF
 
 
 class StateHolder:

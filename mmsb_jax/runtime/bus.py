@@ -51,12 +51,14 @@ from mmsb_jax.errors import (
     UnknownSeqError,
 )
 from mmsb_jax.runtime._pipeline import (
+    AUTO_DONATE,
     CommitPlan,
     Pipeline,
     Run,
     StateHolder,
     as_transaction,
     resolve_schema,
+    sole_owner,
 )
 from mmsb_jax.runtime.telemetry import Telemetry
 from mmsb_jax.store import format as fmt
@@ -162,6 +164,8 @@ class Bus(StateHolder):
         self._closed = False
         self._donate = bool(donate)
         self._pipe = Pipeline(graph, log_layouts=True, donate=self._donate)
+        # in-place commits when nothing else holds the State (see ``_commit``)
+        self._auto_donate = AUTO_DONATE and not self._donate and graph is None
         self._durable = tlog.sync_policy == "always"
         telemetry.seq.set(seq)
         telemetry.torn.set(tlog.recovery.bytes_cut)
@@ -330,7 +334,13 @@ class Bus(StateHolder):
                 raise
             t2 = time.perf_counter()
             try:
-                new_state = self._pipe.apply(state, deltas, plan)
+                # A bus without a graph updates its pages in place when nothing else holds
+                # the State (or its page maps, or the touched arrays): no copy of the page,
+                # and nothing anyone can read is invalidated. A held State keeps its pages.
+                donate = (self._auto_donate and plan.compiled is not None
+                          and not self._ckpts.saving()
+                          and sole_owner(state, plan.compiled.names))
+                new_state = self._pipe.apply(state, deltas, plan, donate=donate)
                 t3 = time.perf_counter()
                 derived = self._pipe.changed(state, new_state, plan.affected)
             except BaseException:
@@ -539,7 +549,15 @@ class Bus(StateHolder):
         Raises:
           UnknownPageError: no such page.
         """
-        return np.array(self._state.page(name), copy=True)
+        with self._lock:  # a commit may donate the buffers of a State no one else holds
+            return np.array(self._state.page(name), copy=True)
+
+    @property
+    def state(self) -> State:
+        """The current State (immutable; later commits produce new States; pages of a State
+        you hold are never donated)."""
+        with self._lock:  # taken under the commit lock: see ``sole_owner``
+            return self._state
 
     def at(self, seq: int) -> State:
         """The State right after commit ``seq`` (``0``: the initial state).

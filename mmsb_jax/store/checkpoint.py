@@ -195,6 +195,10 @@ class CheckpointStore:
                 raise StoreError(f"checkpoint {seq} in {self.directory} failed: {e}") from e
         return int(seq)
 
+    def saving(self) -> bool:
+        """Whether a background save may still be reading the arrays it was given."""
+        return bool(self._pending) and bool(self._manager.is_saving_in_progress())
+
     def wait(self) -> list[int]:
         """Block until pending saves are durable; returns their seqs."""
         with self._lock:

@@ -209,7 +209,7 @@ def test_failed_apply_removes_the_logged_transaction(bus, monkeypatch):
     seg = segment_paths(bus.directory / "log")[0]
     before = seg.read_bytes()
 
-    def boom(state, deltas, plan=None):
+    def boom(state, deltas, plan=None, **kwargs):
         raise RuntimeError("device lost")
 
     monkeypatch.setattr(bus._pipe, "apply", boom)
