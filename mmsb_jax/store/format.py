@@ -86,6 +86,7 @@ _BODY_PREFIX = struct.Struct("<BQ")  # type, seq
 _DELTA_FIXED = struct.Struct("<BBBBI")  # kind, op, mask_enc, ndim, count
 _COMMIT = struct.Struct("<BQIIQ")  # type, seq, n_records, txn_crc, timestamp_ns
 _COMMIT_RECORD_SIZE = REC_HEADER_SIZE + _COMMIT.size
+_COMMIT_FIELDS = struct.Struct("<IIQ")  # n_records, txn_crc, timestamp_ns
 
 MASK_NONE, MASK_BITS = 0, 1
 _crc_extend = google_crc32c.extend
@@ -546,20 +547,37 @@ def _decode_dtype(raw: bytes) -> np.dtype:
     return dt
 
 
-def _array(r: _Reader, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
-    n = 1
-    for s in shape:
-        n *= s
-    raw = r.take(n * dtype.itemsize, what)
-    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1
-                        and dtype.kind in "iufc" else dtype, count=n)
-    if dtype == np.bool_ and n and np.frombuffer(raw, np.uint8).max() > 1:
-        raise FormatError(f"{what}: bool bytes other than 0/1")
-    return arr.reshape(shape)
+#: dtype name bytes -> (dtype, the little-endian dtype its bytes are read with, is bool); only
+#: names that decoded to a supported dtype are kept, so the cache is bounded by the dtypes.
+_READ_DTYPES: dict[bytes, tuple[np.dtype, np.dtype, bool]] = {}
+_SHAPE_STRUCTS = tuple(struct.Struct(f"<{n}Q") for n in range(MAX_NDIM + 1))
+_I4 = np.dtype("<i4")
 
 
-def _parse_delta(r: _Reader) -> Delta:
-    kind_i, op_i, mask_enc, ndim, count = r.unpack(_DELTA_FIXED, "delta header")
+def _read_dtype(raw: bytes) -> tuple[np.dtype, np.dtype, bool]:
+    got = _READ_DTYPES.get(raw)
+    if got is None:
+        dt = _decode_dtype(raw)
+        read = dt.newbyteorder("<") if dt.itemsize > 1 and dt.kind in "iufc" else dt
+        got = _READ_DTYPES[raw] = (dt, read, dt == np.bool_)
+    return got
+
+
+def _short(what: str, n: int, left: int) -> FormatError:
+    return FormatError(f"{what}: needs {n} bytes, {left} left in the record")
+
+
+def _parse_delta(buf: memoryview, pos: int, arrays: bool = True) -> Any:
+    """The DELTA payload of ``buf[pos:]`` (its whole remainder), fully checked.
+
+    Returns the Delta, or with ``arrays=False`` only its page name (what a scan needs: the
+    leaves are not built). Offsets instead of a cursor object, as opening and replaying a log
+    parse every delta in it."""
+    end = len(buf)
+    if end - pos < 8:
+        raise _short("delta header", 8, end - pos)
+    kind_i, op_i, mask_enc, ndim, count = _DELTA_FIXED.unpack_from(buf, pos)
+    pos += 8
     kind = _KIND_NAMES.get(kind_i)
     if kind is None:
         raise FormatError(f"unknown delta kind {kind_i}")
@@ -573,34 +591,76 @@ def _parse_delta(r: _Reader) -> Delta:
     want_mask = MASK_BITS if kind == "masked" else MASK_NONE
     if mask_enc != want_mask:
         raise FormatError(f"mask encoding {mask_enc} invalid for a {kind} delta")
-    page = _name(r, _U16, "page name")
-    (dlen,) = r.unpack(_U8, "dtype length")
+    if end - pos < 2:
+        raise _short("page name length", 2, end - pos)
+    (n,) = _U16.unpack_from(buf, pos)
+    pos += 2
+    if not 1 <= n <= MAX_NAME:
+        raise FormatError(f"page name length {n} outside 1..{MAX_NAME}")
+    if n > end - pos:
+        raise _short("page name", n, end - pos)
+    try:
+        page = str(buf[pos:pos + n], "utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError("page name is not UTF-8") from e
+    pos += n
+    if end - pos < 1:
+        raise _short("dtype length", 1, end - pos)
+    dlen = buf[pos]
+    pos += 1
     if not 1 <= dlen <= MAX_DTYPE_NAME:
         raise FormatError(f"dtype name length {dlen} outside 1..{MAX_DTYPE_NAME}")
-    dtype = _decode_dtype(bytes(r.take(dlen, "dtype name")))
-    shape = r.unpack(struct.Struct(f"<{ndim}Q"), "shape")
-    if any(s >= MAX_DIM for s in shape):
+    if dlen > end - pos:
+        raise _short("dtype name", dlen, end - pos)
+    dtype, read_dtype, is_bool = _read_dtype(bytes(buf[pos:pos + dlen]))
+    pos += dlen
+    if 8 * ndim > end - pos:
+        raise _short("shape", 8 * ndim, end - pos)
+    shape = _SHAPE_STRUCTS[ndim].unpack_from(buf, pos)
+    pos += 8 * ndim
+    if ndim and max(shape) >= MAX_DIM:
         raise FormatError(f"dimension in {shape} over the cap 2^40")
+    size = 1
+    for s in shape:
+        size *= s
     indices = mask = None
     if kind == "rows":
         if ndim < 1:
             raise FormatError("rows delta with scalar values")
-        indices = _array(r, np.dtype("<i4"), (shape[0],), "indices")
+        k = shape[0]
+        if 4 * k > end - pos:
+            raise _short("indices", 4 * k, end - pos)
+        if arrays:
+            indices = np.frombuffer(buf, _I4, k, pos)
+        pos += 4 * k
     elif kind == "masked":
-        n = 1
-        for s in shape:
-            n *= s
-        packed = np.frombuffer(r.take((n + 7) // 8, "mask"), np.uint8)
-        if n % 8 and packed.size and packed[-1] >> (n % 8):
+        nb = (size + 7) // 8
+        if nb > end - pos:
+            raise _short("mask", nb, end - pos)
+        if size % 8 and buf[pos + nb - 1] >> (size % 8):
             raise FormatError("mask padding bits are not zero")
-        mask = np.unpackbits(packed, count=n, bitorder="little").astype(bool).reshape(shape)
-    values = _array(r, dtype, tuple(shape), "values")
-    return Delta(indices=indices, mask=mask, values=values, page=page, kind=kind,
-                 op=op, count=count)
+        if arrays:
+            mask = np.unpackbits(np.frombuffer(buf, np.uint8, nb, pos), count=size,
+                                 bitorder="little").view(np.bool_).reshape(shape)
+        pos += nb
+    nv = size * dtype.itemsize
+    if nv > end - pos:
+        raise _short("values", nv, end - pos)
+    if nv < end - pos:
+        raise FormatError(f"{end - pos - nv} trailing bytes in a DELTA record")
+    if is_bool and size and np.frombuffer(buf, np.uint8, size, pos).max() > 1:
+        raise FormatError("values: bool bytes other than 0/1")
+    if not arrays:
+        return page
+    values = np.frombuffer(buf, read_dtype, size, pos).reshape(shape)
+    return Delta._new(indices, mask, values, page, kind, op, count, False)
 
 
-def parse_body(body: memoryview | bytes) -> Record:
+def parse_body(body: memoryview | bytes, *, arrays: bool = True) -> Record:
     """Parse one record body (after its framing was checked).
+
+    With ``arrays=False`` a DELTA record's value is only its page name (every field is still
+    checked; the numpy leaves and the Delta are not built): what :func:`scan_segment` needs.
 
     Raises:
       FormatError: unknown type, a length field over its cap or over the bytes left, bad
@@ -622,12 +682,12 @@ def parse_body(body: memoryview | bytes) -> Record:
         except (UnicodeDecodeError, json.JSONDecodeError, SchemaError) as e:
             raise FormatError(f"bad schema record: {e}") from e
     elif rtype == DELTA:
-        value = _parse_delta(r)
+        return Record(rtype, seq, _parse_delta(r.buf, r.pos, arrays))
     elif rtype == DERIVED:
         (n,) = r.unpack(_U16, "derived count")
         value = tuple(_name(r, _U16, "derived page name") for _ in range(n))
     elif rtype == COMMIT:
-        value = r.unpack(struct.Struct("<IIQ"), "commit fields")
+        value = r.unpack(_COMMIT_FIELDS, "commit fields")
     else:
         raise FormatError(f"unknown record type {rtype}")
     if r.left():
@@ -646,7 +706,7 @@ def _check_frame(buf: memoryview, pos: int, salt: int) -> tuple[int, str]:
     if length > left - REC_HEADER_SIZE:
         return 0, f"record length {length} exceeds the {left - REC_HEADER_SIZE} bytes left"
     body = np.frombuffer(buf, np.uint8, length, pos + REC_HEADER_SIZE)
-    if crc32c(body, crc32c(_U32.pack(salt) + buf[pos:pos + 4].tobytes())) != crc:
+    if _crc_extend(_crc_extend(0, _REC.pack(salt, length)), body) != crc:
         return 0, "record CRC mismatch"
     return length, ""
 
@@ -844,7 +904,7 @@ def scan_segment(buf: bytes | memoryview, *, expected_segment: int | None = None
         body_at = pos + REC_HEADER_SIZE
         body = view[body_at:body_at + length]
         try:
-            rec = parse_body(body)
+            rec = parse_body(body, arrays=False)
         except FormatError as e:
             return fail(pos, str(e))
         end = body_at + length
@@ -862,11 +922,11 @@ def scan_segment(buf: bytes | memoryview, *, expected_segment: int | None = None
             n_records, txn_crc, ts = rec.value
             if n_records != len(pending) or txn_crc != pending_crc:
                 return fail(pos, f"COMMIT {rec.seq} does not match its {len(pending)} records")
-            deltas = [p.value for p in pending if p.type == DELTA]
+            pages = [p.value for p in pending if p.type == DELTA]
             derived = next((p.value for p in pending if p.type == DERIVED), ())
             out.txns.append(TxnInfo(seq=rec.seq, offset=txn_start, end=end,
-                                    pages=tuple(dict.fromkeys(d.page for d in deltas)),
-                                    n_deltas=len(deltas), derived=derived, timestamp_ns=ts))
+                                    pages=tuple(dict.fromkeys(pages)),
+                                    n_deltas=len(pages), derived=derived, timestamp_ns=ts))
             committed = rec.seq
             pending, pending_crc = [], 0
             out.good_end = txn_start = end
