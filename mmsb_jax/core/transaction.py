@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import math
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import jax
@@ -161,7 +161,7 @@ class CompiledTransaction:
       OptionError: ``deltas`` is empty.
     """
 
-    __slots__ = ("_donated", "_fn", "_impl", "_leaves", "_names", "_shardings", "_single")
+    __slots__ = ("_donated", "_fn", "_key", "_leaves", "_names", "_shardings", "_single")
 
     def __init__(self, state: State, deltas: Sequence[Delta], *, graph: Graph | None = None,
                  donate: bool = False):
@@ -181,8 +181,10 @@ class CompiledTransaction:
             self._leaves = operator.attrgetter(*attrs)  # (d) -> the tuple of its leaves
         else:
             self._leaves = None
-        self._impl = functools.partial(_flat_impl, graph, names, spec, shardings)
-        self._fn = jax.jit(self._impl, donate_argnums=(0, 1) if donate else ())
+        # shared by every instance of the structure (another Bus, a reopened one, time
+        # travel): a structure is traced and compiled once per process, not once per Bus
+        self._key = (graph, names, spec, shardings)
+        self._fn = _flat_jit(*self._key, donate)
         self._donated = self._fn if donate else None
 
     def matches(self, state: State) -> bool:
@@ -225,7 +227,7 @@ class CompiledTransaction:
         if donate:
             fn = self._donated
             if fn is None:
-                fn = self._donated = jax.jit(self._impl, donate_argnums=(0, 1))
+                fn = self._donated = _flat_jit(*self._key, True)
         if self._single:
             name = names[0]
             (pages[name],), (epochs[name],) = fn((all_pages[name],), (all_epochs[name],), leaves)
@@ -235,6 +237,16 @@ class CompiledTransaction:
             pages.update(zip(names, new_pages, strict=True))
             epochs.update(zip(names, new_epochs, strict=True))
         return State._wrap(pages, epochs, state.shardings)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flat_jit(graph: Graph | None, names: tuple[str, ...], spec: tuple, shardings: tuple,
+              donate: bool) -> Callable:
+    """The jitted :func:`_flat_impl` of one structure (one per process and key; JAX's own
+    caches then hold its executables per argument shapes). ``graph`` is hashed by value, as
+    the static argument of :func:`apply_transaction`'s jit is."""
+    return jax.jit(functools.partial(_flat_impl, graph, names, spec, shardings),
+                   donate_argnums=(0, 1) if donate else ())
 
 
 def _flat_impl(graph: Graph | None, names: tuple[str, ...], spec: tuple, shardings: tuple,
