@@ -10,6 +10,9 @@ Every number is reported next to a baseline measured in the same process on the 
   loop would cost.
 * replay: ``replay()`` of a log from disk against in-memory ``mm.apply_batch`` of the same
   deltas, one call per transaction (the live path). ``ratio`` = replay throughput / in-memory.
+* cold_recovery: reopening a Bus of 1,000 commits in a fresh process (replay from the log,
+  compilation included) against applying the same transactions from memory in a fresh
+  process, one ``apply_batch`` per transaction. ``ratio`` = in-memory time / reopen time.
 * checkpoint: ``CheckpointStore.save`` (until durable) and ``restore`` MB/s against writing
   (+fsync) and reading the same bytes as one raw file.
 * seed workloads: checkpoint+restore of 16 x 1 KiB pages; replay of 5 epochs of 16 pages;
@@ -235,6 +238,62 @@ def bench_replay(tmp: Path, n_txns: int, repeats: int) -> dict:
             "ratio_replay_vs_in_memory": t_mem / t_replay, "bit_identical": bool(same)}
 
 
+# -- cold recovery -----------------------------------------------------------------------------
+
+_COLD_CHILD = r"""
+import sys, time, pickle
+from pathlib import Path
+import jax
+import mmsb_jax as mm
+sys.path.insert(0, sys.argv[3])
+from bench_store import block, make_replay_workload
+mode, target = sys.argv[1], Path(sys.argv[2])
+if mode == "reopen":
+    t0 = time.perf_counter()
+    with mm.Bus.open(target) as bus:
+        block(bus.state)
+        t = time.perf_counter() - t0
+        seq = bus.seq
+else:
+    schema, txns = make_replay_workload(int(sys.argv[4]))
+    t0 = time.perf_counter()
+    s = mm.init_state(schema)
+    for ds in txns:
+        s = mm.apply_batch(s, ds)
+    block(s)
+    t, seq = time.perf_counter() - t0, len(txns)
+print(pickle.dumps((t, seq)).hex())
+"""
+
+
+def bench_cold_recovery(tmp: Path, n_txns: int, repeats: int) -> dict:
+    """Reopening a Bus in a fresh process (replay from the log, compilation included) against
+    applying the same transactions from memory in a fresh process (compiling the same
+    structure once): what a restart after a crash costs."""
+    import pickle
+    import subprocess
+
+    schema, txns = make_replay_workload(n_txns)
+    bus_dir = tmp / "cold_bus"
+    with Bus.open(bus_dir, schema, sync="never") as bus:
+        bus.commit_many(txns)
+
+    def child(*args: str) -> tuple[float, int]:
+        out = subprocess.run([sys.executable, "-c", _COLD_CHILD, *args], check=True,
+                             capture_output=True, text=True).stdout
+        return pickle.loads(bytes.fromhex(out.strip().splitlines()[-1]))
+
+    here = str(Path(__file__).parent)
+    reopen = [child("reopen", str(bus_dir), here) for _ in range(repeats)]
+    memory = [child("memory", "-", here, str(n_txns)) for _ in range(repeats)]
+    t_reopen = statistics.median(t for t, _ in reopen)
+    t_memory = statistics.median(t for t, _ in memory)
+    return {"transactions": n_txns, "reopen_seconds": t_reopen,
+            "in_memory_fresh_process_seconds": t_memory,
+            "ratio_reopen_vs_in_memory": t_memory / t_reopen,
+            "recovered_seq": reopen[0][1]}
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 
 
@@ -400,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         append = bench_append(tmp, {"never": 640 * scale, "batch": 640 * scale,
                                     "always": 80 * scale}, max(args.repeats, 7))
         rep = bench_replay(tmp, 400 * scale, args.repeats)
+        cold = bench_cold_recovery(tmp, 1000 * scale, 3)
         ck = bench_checkpoint(tmp, (1 << 30) if args.big else (64 << 20), args.repeats)
         seed = bench_seed(tmp, args.repeats)
         elapsed = time.perf_counter() - t0
@@ -413,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                    "batch_commits": DEFAULT_BATCH_COMMITS},
         "append_4KiB": append,
         "replay": rep,
+        "cold_recovery": cold,
         "checkpoint": ck,
         "seed_workloads": seed,
         "targets": {

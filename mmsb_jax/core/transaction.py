@@ -12,9 +12,15 @@ Deltas are validated on the host before they get here (:func:`mmsb_jax.core.delt
 validate_deltas`); the jitted functions have no effects (row-range ``checkify`` checks are
 traced only under ``mm.checked``), so repeated calls stay on JAX's C++ dispatch fast path.
 
-A run of length ``L`` is applied as a few scans whose lengths are the powers of two in ``L``'s
-binary expansion (at most ``max_chunk`` each), so one structure compiles at most
-``log2(max_chunk) + 1`` times however many transactions there are.
+A run of length ``L`` is applied in chunks of ``limit`` transactions (the largest power of two
+within ``max_chunk`` and ``chunk_bytes``) and one last chunk of the rest. A chunk whose length
+is a power of two is one ``lax.scan``; any other chunk of ``n`` transactions is stacked into a
+*capacity* of the next power of two and applied by a loop that runs exactly ``n`` steps (``n``
+is an argument, not a shape). So one structure compiles once per power of two it meets as a
+length or a capacity, usually once or twice for a whole log (a replay of 1,000 transactions of
+one structure compiles the capacity-1024 loop once, where splitting the run into power-of-two
+scans compiled six), and at most ``2 * (log2(limit) + 1)`` times however many transactions
+there are.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
@@ -82,6 +89,9 @@ _txn_donated = jax.jit(_txn_impl, static_argnums=(0, 4), donate_argnums=(1, 2))
 
 def _scan_impl(graph: Graph | None, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
                stacked: list[Delta], shardings: tuple = ()):
+    """All ``L`` stacked transactions (leaves ``[L, ...]``), in order, by ``lax.scan`` (a
+    static trip count). Each step is :func:`_txn_impl`, the body of a single commit. Also
+    returns each carried page's epoch after each step (``int32[L]``)."""
     def body(carry, deltas):
         pages, epochs = _txn_impl(graph, carry[0], carry[1], deltas, shardings)
         return (pages, epochs), epochs
@@ -90,8 +100,29 @@ def _scan_impl(graph: Graph | None, pages: dict[str, jax.Array], epochs: dict[st
     return pages, epochs, per_step
 
 
+def _loop_impl(graph: Graph | None, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
+               stacked: list[Delta], shardings: tuple, n: jax.Array):
+    """The first ``n`` of the ``[C, ...]`` stacked transactions: :func:`_scan_impl` with a
+    traced trip count, so every ``n <= C`` shares one compilation (slots ``n..C-1`` are never
+    read; per-step epochs past ``n`` are zero). A little slower per step than the scan."""
+    cap = stacked[0].values.shape[0]
+    per_step0 = {k: jnp.zeros((cap,), e.dtype) for k, e in epochs.items()}
+
+    def body(i, carry):
+        pages, epochs, per_step = carry
+        deltas = [jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), d)
+                  for d in stacked]
+        pages, epochs = _txn_impl(graph, pages, epochs, deltas, shardings)
+        per_step = {k: v.at[i].set(epochs[k]) for k, v in per_step.items()}
+        return pages, epochs, per_step
+
+    return lax.fori_loop(0, n, body, (pages, epochs, per_step0))
+
+
 _scan = jax.jit(_scan_impl, static_argnums=(0, 4))
 _scan_donated = jax.jit(_scan_impl, static_argnums=(0, 4), donate_argnums=(1, 2))
+_loop = jax.jit(_loop_impl, static_argnums=(0, 4))
+_loop_donated = jax.jit(_loop_impl, static_argnums=(0, 4), donate_argnums=(1, 2))
 
 
 def _operands(state: State, deltas: Sequence[Delta], graph: Graph | None):
@@ -262,7 +293,11 @@ def _flat_impl(graph: Graph | None, names: tuple[str, ...], spec: tuple, shardin
 
 def apply_stacked(state: State, stacked: Sequence[Delta], *, graph: Graph | None = None,
                   donate: bool = False) -> tuple[State, dict[str, jax.Array]]:
-    """Apply ``L`` transactions of equal structure with one jitted ``lax.scan``.
+    """Apply ``L`` transactions of equal structure with one jitted call.
+
+    A power-of-two ``L`` runs as one ``lax.scan``; any other ``L`` is padded to the next power
+    of two and run by a loop of exactly ``L`` steps, so all lengths up to a power of two share
+    one compilation. Either way each step is :func:`apply_transaction`'s function (same bits).
 
     Args:
       state: the current State.
@@ -275,10 +310,50 @@ def apply_stacked(state: State, stacked: Sequence[Delta], *, graph: Graph | None
       scan carries, its epoch after each transaction, ``{name: int32[L]}``.
     """
     stacked = list(stacked)
+    n = int(stacked[0].values.shape[0])
+    return _apply_padded(state, [_padded(d, _capacity(n)) for d in stacked], n,
+                         graph=graph, donate=donate)
+
+
+def _capacity(n: int) -> int:
+    """The stacked capacity a chunk of ``n`` transactions is padded to: the next power of two
+    (one compilation serves every ``n`` up to it)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _apply_padded(state: State, stacked: list[Delta], n: int, *, graph: Graph | None,
+                  donate: bool) -> tuple[State, dict[str, jax.Array]]:
+    """:func:`apply_stacked` of the first ``n`` rows of leaves stacked to a capacity."""
     pages, epochs, shardings = _operands(state, stacked, graph)
-    scan = _scan_donated if donate else _scan
-    pages, epochs, per_step = scan(graph, pages, epochs, stacked, shardings)
+    if n == stacked[0].values.shape[0] and n & (n - 1) == 0:
+        # a full power-of-two chunk: the static-length scan, a little faster per step
+        scan = _scan_donated if donate else _scan
+        pages, epochs, per_step = scan(graph, pages, epochs, stacked, shardings)
+    else:
+        loop = _loop_donated if donate else _loop
+        pages, epochs, per_step = loop(graph, pages, epochs, stacked, shardings, np.int32(n))
+        per_step = {k: v[:n] for k, v in per_step.items()}
     return state.with_pages(pages, epochs), per_step
+
+
+def _padded(d: Delta, cap: int) -> Delta:
+    """``d`` (stacked leaves ``[n, ...]``) padded to ``[cap, ...]`` as
+    :func:`stack_transactions` pads (indices ``-1``, masks and values zero)."""
+    n = d.values.shape[0]
+    if n == cap:
+        return d
+
+    def pad(x: Any, fill: int = 0) -> Any:
+        if x is None:
+            return None
+        if isinstance(x, np.ndarray):
+            out = np.full((cap, *x.shape[1:]), fill, x.dtype)
+            out[:n] = x
+            return out
+        return jnp.concatenate([x, jnp.full((cap - n, *x.shape[1:]), fill, x.dtype)])
+
+    return Delta._new(pad(d.indices, PADDING), pad(d.mask), pad(d.values), d.page, d.kind,
+                      d.op, d.count, d.unique)
 
 
 def txn_structure(deltas: Sequence[Delta]) -> tuple:
@@ -302,15 +377,22 @@ def txn_nbytes(deltas: Sequence[Delta]) -> int:
     return total
 
 
-def stack_transactions(txns: Sequence[Sequence[Delta]]) -> list[Delta]:
+def stack_transactions(txns: Sequence[Sequence[Delta]], capacity: int | None = None
+                       ) -> list[Delta]:
     """Stack the ``j``-th delta of every transaction: leaves ``[L, ...]`` (equal structure).
 
     Args:
       txns: ``L`` transactions with equal :func:`txn_structure`.
+      capacity: stack into ``capacity >= L`` rows, as a chunk's loop reads them; the rows
+        past ``L`` hold padding (indices ``-1``, zero masks and values). Default ``L``.
 
     Returns:
-      One Delta per position, with host (numpy) leaves of shape ``[L, *leaf.shape]``.
+      One Delta per position, with host (numpy) leaves of shape ``[capacity, *leaf.shape]``.
     """
+    n = len(txns)
+    cap = n if capacity is None else int(capacity)
+    if cap < n:
+        raise OptionError(f"capacity {cap} is less than the {n} transactions stacked")
     out = []
     for j, d in enumerate(txns[0]):
         leaves = {}
@@ -319,9 +401,10 @@ def stack_transactions(txns: Sequence[Sequence[Delta]]) -> list[Delta]:
             if first is None:
                 leaves[field] = None
                 continue
-            rows = np.empty((len(txns), *first.shape), first.dtype)
+            rows = np.empty((cap, *first.shape), first.dtype)
             for i, t in enumerate(txns):  # row by row: cheaper than np.stack of small arrays
                 rows[i] = getattr(t[j], field)
+            rows[n:] = PADDING if field == "indices" else 0
             leaves[field] = rows
         out.append(Delta(**leaves, page=d.page, kind=d.kind, op=d.op, count=d.count,
                          unique=d.unique))
@@ -380,9 +463,7 @@ class TransactionRunner:
         if key != self.key:
             self.flush()
             self.key = key
-            per = max(1, txn_nbytes(deltas))
-            cap = max(1, min(self.max_chunk, self.chunk_bytes // per))
-            self.limit = 1 << (cap.bit_length() - 1)
+            self.limit = _chunk_limit(deltas, self.max_chunk, self.chunk_bytes)
         self.buffer.append(deltas)
         if len(self.buffer) >= self.limit:
             self.flush()
@@ -403,32 +484,27 @@ class TransactionRunner:
                 elif self.record_epochs:
                     self.epochs.append((1, {}))
             return
-        per = max(1, txn_nbytes(txns[0]))
-        cap = max(1, min(self.max_chunk, self.chunk_bytes // per))
-        limit = 1 << (cap.bit_length() - 1)
+        limit = _chunk_limit(txns[0], self.max_chunk, self.chunk_bytes)
         start, n = 0, len(txns)
         while start < n:
-            size = min(limit, 1 << ((n - start).bit_length() - 1))
+            size = min(limit, n - start)
             if size == 1:
                 self._apply_chunk(txns[start:start + 1])
-            elif size == n:  # the whole run in one scan: no slicing
+            elif size == n:  # the whole run in one chunk: no slicing
                 self._apply_stacked(n, list(stacked))
             else:
                 part = [dataclasses.replace(d, indices=_rows(d.indices, start, size),
                                             mask=_rows(d.mask, start, size),
                                             values=d.values[start:start + size])
                         for d in stacked]
-                self._apply_stacked(len(part[0].values), part)
+                self._apply_stacked(size, part)
             start += size
 
     def flush(self) -> State:
         """Apply everything queued; returns the State reached."""
         buf, self.buffer = self.buffer, []
-        start = 0
-        while start < len(buf):
-            size = 1 << ((len(buf) - start).bit_length() - 1)
-            self._apply_chunk(buf[start:start + size])
-            start += size
+        if buf:
+            self._apply_chunk(buf)
         return self.state
 
     def _apply_chunk(self, txns: Sequence[Sequence[Delta]]) -> None:
@@ -441,17 +517,28 @@ class TransactionRunner:
             if self.record_epochs:
                 self.epochs.append((1, self.state.epochs))
             return
-        stacked = stack_transactions(txns)
+        stacked = stack_transactions(txns, _capacity(len(txns)))
         if self.check:
             validate_deltas(state, txns[0])
             check_stacked_rows(state, stacked)
-        self._apply_stacked(len(txns), stacked)
+        self._record(len(txns), *_apply_padded(state, stacked, len(txns), graph=self.graph,
+                                               donate=self.donate))
 
     def _apply_stacked(self, count: int, stacked: list[Delta]) -> None:
-        self.state, per_step = apply_stacked(self.state, stacked, graph=self.graph,
-                                             donate=self.donate)
+        self._record(count, *apply_stacked(self.state, stacked, graph=self.graph,
+                                           donate=self.donate))
+
+    def _record(self, count: int, state: State, per_step: Mapping[str, Any]) -> None:
+        self.state = state
         if self.record_epochs:
             self.epochs.append((count, per_step))
+
+
+def _chunk_limit(deltas: Sequence[Delta], max_chunk: int, chunk_bytes: int) -> int:
+    """The longest chunk of this structure: a power of two within both caps."""
+    per = max(1, txn_nbytes(deltas))
+    cap = max(1, min(max_chunk, chunk_bytes // per))
+    return 1 << (cap.bit_length() - 1)
 
 
 def _rows(x: Any, start: int, size: int) -> Any:

@@ -107,7 +107,8 @@ def replay(state: State, log: Any, *, after_seq: int = 0, to_seq: int | None = N
     """Apply the transactions ``after_seq < seq <= to_seq`` of a log to ``state``.
 
     Runs of consecutive transactions with the same structure are stacked (``[L, ...]`` leaves)
-    and applied by one jitted ``lax.scan`` per power-of-two chunk; each transaction is applied
+    and applied in chunks (one jitted ``lax.scan`` per power-of-two chunk, or a loop with a
+    traced trip count over a chunk padded to the next power of two); each transaction is applied
     exactly as :func:`apply_transaction` (the Bus commit path) applies it, so the result is
     bit-identical to committing the same transactions live, epochs included.
 

@@ -17,6 +17,7 @@ import mmsb_jax as mm
 from mmsb_jax.errors import (
     DTypeError,
     IndexOutOfRangeError,
+    OptionError,
     StoreError,
     UnknownPageError,
     UnknownSeqError,
@@ -155,55 +156,89 @@ def _same_structure_commits(n: int, seed: int = 0) -> list[list[mm.Delta]]:
             for _ in range(n)]
 
 
+def _spy_chunks(monkeypatch) -> list[tuple[str, int, int]]:
+    """Record ``(kind, stacked length, transactions applied)`` of every chunk dispatched."""
+    calls: list[tuple[str, int, int]] = []
+    scan, loop = txn_mod._scan, txn_mod._loop
+
+    def spy_scan(graph, pages, epochs, stacked, shardings=()):
+        n = int(stacked[0].values.shape[0])
+        calls.append(("scan", n, n))
+        return scan(graph, pages, epochs, stacked, shardings)
+
+    def spy_loop(graph, pages, epochs, stacked, shardings, n):
+        calls.append(("loop", int(stacked[0].values.shape[0]), int(n)))
+        return loop(graph, pages, epochs, stacked, shardings, n)
+
+    monkeypatch.setattr(txn_mod, "_scan", spy_scan)
+    monkeypatch.setattr(txn_mod, "_loop", spy_loop)
+    return calls
+
+
 def test_runs_are_applied_by_few_scans(monkeypatch):
-    calls: list[int] = []
-    real = txn_mod._scan
-
-    def spy(graph, pages, epochs, stacked, shardings=()):
-        calls.append(int(stacked[0].values.shape[0]))
-        return real(graph, pages, epochs, stacked, shardings)
-
-    monkeypatch.setattr(txn_mod, "_scan", spy)
+    calls = _spy_chunks(monkeypatch)
     commits = _same_structure_commits(100)
     txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits)]
     out = replay(mm.init_state(SCHEMA), txns)
-    assert calls == [64, 32, 4]  # 100 = 64 + 32 + 4: one scan per power of two
+    assert calls == [("loop", 128, 100)]  # one chunk, stacked into a capacity of 128
     assert_states_identical(out, live_run(commits)[-1])
+    calls.clear()
+    out = replay(mm.init_state(SCHEMA), txns[:64])
+    assert calls == [("scan", 64, 64)]  # a power of two: the static-length scan
+    assert_states_identical(out, live_run(commits[:64])[-1])
+    calls.clear()
+    replay(mm.init_state(SCHEMA), txns, max_chunk=32)
+    assert calls == [("scan", 32, 32)] * 3 + [("scan", 4, 4)]  # 100 = 3 * 32 + 4
 
 
 def test_recompilation_guard_on_the_replay_scan(monkeypatch):
-    """A structure compiles at most once per power-of-two chunk length, whatever the log."""
+    """A structure compiles once per power-of-two length or capacity, whatever the log."""
     chex.clear_trace_counter()
-    guarded_scan = jax.jit(chex.assert_max_traces(txn_mod._scan_impl, n=3),
+    guarded_scan = jax.jit(chex.assert_max_traces(txn_mod._scan_impl, n=1),
+                           static_argnums=(0, 4))
+    guarded_loop = jax.jit(chex.assert_max_traces(txn_mod._loop_impl, n=1),
                            static_argnums=(0, 4))
     guarded_txn = jax.jit(chex.assert_max_traces(txn_mod._txn_impl, n=1), static_argnums=(0, 4))
     monkeypatch.setattr(txn_mod, "_scan", guarded_scan)
+    monkeypatch.setattr(txn_mod, "_loop", guarded_loop)
     monkeypatch.setattr(txn_mod, "_txn", guarded_txn)
-    commits = _same_structure_commits(64 + 8 + 2 + 1, seed=1)
+    commits = _same_structure_commits(128, seed=1)
     states = live_run(commits)
-    for upto in (75, 74, 64, 73, 65):  # chunk lengths 64, 8, 2 and single transactions
+    # 75, 74, 73, 65 and 100 share the capacity-128 loop; 64 is the one scan; 1 the single path
+    for upto in (75, 74, 64, 73, 65, 100, 1):
         txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits[:upto])]
         assert_states_identical(replay(mm.init_state(SCHEMA), txns), states[upto])
 
 
+def test_chunk_loop_equals_scan_and_single_commits_bit_for_bit():
+    """Every chunk length n <= capacity gives the states of n single commits, epochs too."""
+    commits = _same_structure_commits(16, seed=3)
+    states = live_run(commits)
+    for n in (2, 3, 5, 7, 8, 9, 15, 16):
+        txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits[:n])]
+        assert_states_identical(replay(mm.init_state(SCHEMA), txns), states[n])
+    # stacked to a larger capacity than needed: the padding slots are never applied
+    stacked = txn_mod.stack_transactions(commits[:5], capacity=16)
+    assert stacked[0].values.shape[0] == 16 and (stacked[0].indices[5:] == -1).all()
+    out, per_step = txn_mod._apply_padded(mm.init_state(SCHEMA), stacked, 5, graph=None,
+                                          donate=False)
+    assert_states_identical(out, states[5])
+    assert {k: v.shape for k, v in per_step.items()} == {"f": (5,), "i": (5,)}
+    with pytest.raises(OptionError, match="capacity"):
+        txn_mod.stack_transactions(commits[:5], capacity=4)
+
+
 def test_chunk_bytes_caps_the_stack(monkeypatch):
-    lengths: list[int] = []
-    real = txn_mod._scan
-
-    def spy(graph, pages, epochs, stacked, shardings=()):
-        lengths.append(int(stacked[0].values.shape[0]))
-        return real(graph, pages, epochs, stacked, shardings)
-
-    monkeypatch.setattr(txn_mod, "_scan", spy)
+    calls = _spy_chunks(monkeypatch)
     commits = _same_structure_commits(40)
     per_txn = txn_mod.txn_nbytes(commits[0])
     txns = [(i + 1, ds) for i, ds in enumerate(commits)]
     out = replay(mm.init_state(SCHEMA), txns, chunk_bytes=per_txn * 9)
-    assert max(lengths) == 8 and sum(lengths) == 40
+    assert max(c[1] for c in calls) == 8 and sum(c[2] for c in calls) == 40
     assert_states_identical(out, live_run(commits)[-1])
-    lengths.clear()
+    calls.clear()
     out = replay(mm.init_state(SCHEMA), txns, max_chunk=5)
-    assert max(lengths) == 4
+    assert max(c[1] for c in calls) == 4 and sum(c[2] for c in calls) == 40
 
 
 def test_structure_key():
