@@ -451,6 +451,9 @@ class TransactionRunner:
         self.key: tuple | None = None
         self.limit = 1
         self.buffer: list[Sequence[Delta]] = []
+        # single transactions go through the commit path's compiled form (flat tuples of
+        # arrays: JAX's C++ dispatch), one per structure met
+        self._single: dict[tuple, CompiledTransaction] = {}
 
     def add(self, deltas: Sequence[Delta]) -> None:
         """Queue one transaction (applied no later than the next :meth:`flush`)."""
@@ -510,10 +513,16 @@ class TransactionRunner:
     def _apply_chunk(self, txns: Sequence[Sequence[Delta]]) -> None:
         state = self.state
         if len(txns) == 1:
+            deltas = txns[0]
             if self.check:
-                validate_deltas(state, txns[0])
-            self.state = apply_transaction(state, txns[0], check=False, graph=self.graph,
-                                           donate=self.donate)
+                validate_deltas(state, deltas)
+            key = txn_structure(deltas)
+            ct = self._single.get(key)
+            if ct is None or not ct.matches(state):
+                if len(self._single) >= _MAX_SINGLE:
+                    self._single.clear()
+                ct = self._single[key] = CompiledTransaction(state, deltas, graph=self.graph)
+            self.state = ct(state, deltas, donate=self.donate)
             if self.record_epochs:
                 self.epochs.append((1, self.state.epochs))
             return
@@ -532,6 +541,9 @@ class TransactionRunner:
         self.state = state
         if self.record_epochs:
             self.epochs.append((count, per_step))
+
+
+_MAX_SINGLE = 256  # compiled single-transaction structures a runner keeps
 
 
 def _chunk_limit(deltas: Sequence[Delta], max_chunk: int, chunk_bytes: int) -> int:

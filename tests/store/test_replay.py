@@ -198,16 +198,28 @@ def test_recompilation_guard_on_the_replay_scan(monkeypatch):
                            static_argnums=(0, 4))
     guarded_loop = jax.jit(chex.assert_max_traces(txn_mod._loop_impl, n=1),
                            static_argnums=(0, 4))
-    guarded_txn = jax.jit(chex.assert_max_traces(txn_mod._txn_impl, n=1), static_argnums=(0, 4))
-    monkeypatch.setattr(txn_mod, "_scan", guarded_scan)
-    monkeypatch.setattr(txn_mod, "_loop", guarded_loop)
-    monkeypatch.setattr(txn_mod, "_txn", guarded_txn)
+    single_traces = []
+    real_flat = txn_mod._flat_impl
+
+    def counted_flat(*args):
+        single_traces.append(args[:4])
+        return real_flat(*args)
+
     commits = _same_structure_commits(128, seed=1)
     states = live_run(commits)
-    # 75, 74, 73, 65 and 100 share the capacity-128 loop; 64 is the one scan; 1 the single path
-    for upto in (75, 74, 64, 73, 65, 100, 1):
-        txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits[:upto])]
-        assert_states_identical(replay(mm.init_state(SCHEMA), txns), states[upto])
+    monkeypatch.setattr(txn_mod, "_scan", guarded_scan)
+    monkeypatch.setattr(txn_mod, "_loop", guarded_loop)
+    monkeypatch.setattr(txn_mod, "_flat_impl", counted_flat)
+    txn_mod._flat_jit.cache_clear()
+    try:
+        # 75, 74, 73, 65 and 100 share the capacity-128 loop; 64 is the one scan; a single
+        # transaction takes the commit path's compiled form
+        for upto in (75, 74, 64, 73, 65, 100, 1, 1):
+            txns = [Transaction(i + 1, tuple(ds)) for i, ds in enumerate(commits[:upto])]
+            assert_states_identical(replay(mm.init_state(SCHEMA), txns), states[upto])
+    finally:
+        txn_mod._flat_jit.cache_clear()
+    assert len(single_traces) == 1
 
 
 def test_chunk_loop_equals_scan_and_single_commits_bit_for_bit():
