@@ -522,7 +522,6 @@ class _Reader:
         return st.unpack(self.take(st.size, what))
 
 
-_U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 
 
