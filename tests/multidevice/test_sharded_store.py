@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mmsb_jax as mm
-from mmsb_jax.core.transaction import _scan, _txn
+from mmsb_jax.core.transaction import _flat_jit, _loop, _scan, _txn
 from mmsb_jax.runtime.bus import state_at
 from mmsb_jax.store.checkpoint import CheckpointStore
 
@@ -152,9 +152,13 @@ def test_replaying_a_sharded_log_twice_does_not_recompile(mesh):
     schema = _schema()
     txns = _log(seed=5, n=8)
     mm.replay(mm.init_state(schema, mesh=mesh), txns)
-    sizes = (_txn._cache_size(), _scan._cache_size())
+    def sizes():
+        return (_txn._cache_size(), _scan._cache_size(), _loop._cache_size(),
+                _flat_jit.cache_info().currsize)
+
+    before = sizes()
     mm.replay(mm.init_state(schema, mesh=mesh), _log(seed=6, n=8))  # same structures
-    assert (_txn._cache_size(), _scan._cache_size()) == sizes
+    assert sizes() == before
 
 
 # -- the Bus and checkpoints ------------------------------------------------------------------
