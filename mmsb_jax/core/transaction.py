@@ -503,6 +503,24 @@ class TransactionRunner:
                 self._apply_stacked(size, part)
             start += size
 
+    def add_stacked(self, structure: Sequence[Delta], stacked: Sequence[Delta], count: int
+                    ) -> None:
+        """Apply ``count`` transactions given already stacked (leaves ``[count, ...]``), each
+        of the structure of ``structure`` (checked against the state first when ``check``):
+        how replay applies a :class:`~mmsb_jax.store.format.StackedRun`.
+
+        Raises:
+          The errors of :func:`~mmsb_jax.core.delta.validate_deltas` and
+          :func:`check_stacked_rows`, before anything of the run is applied.
+        """
+        self.flush()
+        self.key = None
+        stacked = list(stacked)
+        if self.check:
+            validate_deltas(self.state, structure)
+            check_stacked_rows(self.state, stacked)
+        self.add_run(_StackedRows(stacked, int(count)), stacked)
+
     def flush(self) -> State:
         """Apply everything queued; returns the State reached."""
         buf, self.buffer = self.buffer, []
@@ -544,6 +562,26 @@ class TransactionRunner:
 
 
 _MAX_SINGLE = 256  # compiled single-transaction structures a runner keeps
+
+
+class _StackedRows(Sequence):
+    """Stacked transactions seen as a sequence of transactions (row ``i`` of every leaf)."""
+
+    def __init__(self, stacked: list[Delta], n: int):
+        self.stacked, self.n = stacked, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        return [Delta._new(_row(d.indices, i), _row(d.mask, i), d.values[i], d.page, d.kind,
+                           d.op, d.count, d.unique) for d in self.stacked]
+
+
+def _row(x: Any, i: int) -> Any:
+    return None if x is None else x[i]
 
 
 def _chunk_limit(deltas: Sequence[Delta], max_chunk: int, chunk_bytes: int) -> int:

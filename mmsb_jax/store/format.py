@@ -42,6 +42,7 @@ __all__ = [
     "Record",
     "SegmentHeader",
     "SegmentScan",
+    "StackedRun",
     "Transaction",
     "TxnLayout",
     "TxnInfo",
@@ -352,6 +353,7 @@ class TxnLayout:
                 raise FormatError(f"record body of {n} bytes outside the caps")
         self.nbytes = sum(self.sizes) + REC_HEADER_SIZE * len(self.sizes)
         self._frame_crcs: dict[int, list[int]] = {}
+        self._tmpl: tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _prefix_crcs(self, salt: int) -> list[int]:
         """CRCs of ``salt · length`` per record (the start of each framing CRC)."""
@@ -471,6 +473,133 @@ class TxnLayout:
                 frames.append(_crc_extend(start, body))
             out[:, at - 4:at] = _u32_column(frames, n_txn)
         return out.tobytes()
+
+
+    def _template(self, template: Sequence[Delta]
+                  ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """``(body offsets, fixed columns, their bytes, seq columns)`` of one encoded
+        transaction: where each record's body starts, the bytes every transaction of the
+        structure shares (lengths, types, delta headers, DERIVED names, the COMMIT record
+        count) and their values, and the ``8 * records`` bytes of the seqs. ``template``: a
+        transaction of this layout's structure."""
+        if self._tmpl is not None:
+            return self._tmpl
+        fixed = np.zeros(self.nbytes, bool)
+        body_at, seq_cols = [], []
+        pos = 0
+        n_delta = len(self.heads)
+        for r, size in enumerate(self.sizes):
+            fixed[pos:pos + 4] = True  # length (the framing CRC follows)
+            at = pos + REC_HEADER_SIZE
+            body_at.append(at)
+            fixed[at] = True  # record type
+            seq_cols.extend(range(at + 1, at + 9))
+            if r < n_delta:
+                fixed[at + 9:at + 9 + len(self.heads[r])] = True
+            elif r == len(self.sizes) - 1:  # COMMIT: the record count (then crc, timestamp)
+                fixed[at + 9:at + 13] = True
+            else:  # DERIVED: all of it but the seq
+                fixed[at + 9:at + size] = True
+            pos = at + size
+        cols = np.flatnonzero(fixed)
+        ref = np.frombuffer(self.encode(0, 0, template, 0), np.uint8)[cols]
+        self._tmpl = (body_at, cols, ref, np.asarray(seq_cols, np.int64))
+        return self._tmpl
+
+    def decode_run(self, buf: bytes | memoryview, start: int, end: int, salt: int,
+                   first_seq: int, template: Sequence[Delta], max_count: int
+                   ) -> tuple[int, list[Delta]]:
+        """Decode the transactions of this structure that follow each other from ``start``.
+
+        The inverse of :meth:`encode_run`: reads up to ``max_count`` transactions that share
+        this layout's bytes (headers, lengths, names) with seqs ``first_seq, first_seq + 1,
+        ...``, checks every record's framing CRC and each transaction's CRC, and returns
+        them stacked without building one Delta per transaction.
+
+        Args:
+          buf: the segment's bytes; start, end: the range to read (``end``: the valid end).
+          salt: the segment's salt.
+          first_seq: the seq the first transaction must have.
+          template: a transaction of this structure (names, kinds, ops, counts, dtypes and
+            shapes of the stacked deltas are taken from it).
+          max_count: read at most this many transactions.
+
+        Returns:
+          ``(count, stacked)``: ``count`` transactions decoded (0 if fewer than two match),
+          their deltas stacked position by position (leaves ``[count, ...]``, as
+          ``stack_transactions`` builds them).
+
+        Raises:
+          FormatError: a CRC of a matching transaction does not check out, or a mask or bool
+            payload is malformed (the bytes changed after they were scanned).
+        """
+        size_t = self.nbytes
+        m = min(int(max_count), (end - start) // size_t)
+        if m < 2:
+            return 0, []
+        body_at, fixed, first, seq_cols = self._template(template)
+        a = np.frombuffer(buf, np.uint8, m * size_t, start).reshape(m, size_t)
+        expect = np.arange(first_seq, first_seq + m, dtype=np.uint64)
+
+        def matching(rows: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+            same = (rows[:, fixed] == first).all(axis=1)
+            got = np.ascontiguousarray(rows[:, seq_cols]).view("<u8")
+            return same & (got == seqs[:, None]).all(axis=1)
+
+        if not matching(a[:2], expect[:2]).all():  # cheap refusal of a different neighbour
+            return 0, []
+        ok = matching(a, expect)
+        count = m if ok.all() else int(np.argmin(ok))
+        if count < 2:
+            return 0, []
+        a = a[:count]
+        prefix = self._prefix_crcs(salt)
+        last = len(self.sizes) - 1
+        stored = [np.ascontiguousarray(a[:, at - 4:at]).view("<u4").ravel().tolist()
+                  for at in body_at]
+        commit_at = body_at[last]
+        txn_stored = np.ascontiguousarray(a[:, commit_at + 13:commit_at + 17]).view("<u4")
+        txn_stored = txn_stored.ravel().tolist()
+        txn_crcs = [0] * count
+        for r, (at, size) in enumerate(zip(body_at, self.sizes, strict=True)):
+            blob = a[:, at:at + size].tobytes()
+            start_crc, want = prefix[r], stored[r]
+            for t in range(count):
+                body = blob[t * size:(t + 1) * size]
+                if _crc_extend(start_crc, body) != want[t]:
+                    raise FormatError(f"record CRC mismatch in transaction {first_seq + t}")
+                if r < last:
+                    txn_crcs[t] = _crc_extend(txn_crcs[t], body)
+        if txn_crcs != txn_stored:
+            raise FormatError(f"transaction CRC mismatch in seqs {first_seq}.."
+                              f"{first_seq + count - 1}")
+        out = []
+        for i, d in enumerate(template):
+            at = body_at[i] + 9 + len(self.heads[i])
+            vals = np.asarray(d.values)
+            shape = vals.shape
+            size = vals.size
+            indices = mask = None
+            if d.kind == "rows":
+                k = shape[0]
+                indices = np.ascontiguousarray(a[:, at:at + 4 * k]).view("<i4")
+                at += 4 * k
+            elif d.kind == "masked":
+                nb = (size + 7) // 8
+                bits = a[:, at:at + nb]
+                if size % 8 and (bits[:, -1] >> (size % 8)).any():
+                    raise FormatError("mask padding bits are not zero")
+                mask = np.unpackbits(bits, axis=1, count=size, bitorder="little")
+                mask = mask.view(np.bool_).reshape(count, *shape)
+                at += nb
+            dt = vals.dtype
+            raw = np.ascontiguousarray(a[:, at:at + size * dt.itemsize])
+            if dt == np.bool_ and size and raw.max() > 1:
+                raise FormatError("values: bool bytes other than 0/1")
+            read = dt.newbyteorder("<") if dt.itemsize > 1 and dt.kind in "iufc" else dt
+            values = raw.view(read).reshape(count, *shape)
+            out.append(Delta._new(indices, mask, values, d.page, d.kind, d.op, d.count, False))
+        return count, out
 
 
 def _u32_column(values: list[int], rows: int) -> np.ndarray:
@@ -744,6 +873,23 @@ class Transaction:
     deltas: tuple[Delta, ...]
     derived: tuple[str, ...] = ()
     timestamp_ns: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StackedRun:
+    """Consecutive transactions of one structure read back stacked (a replay's fast path).
+
+    Attributes:
+      first_seq: the seq of the first of them.
+      count: how many (``>= 1``); their seqs are ``first_seq .. first_seq + count - 1``.
+      deltas: their deltas stacked position by position (numpy leaves ``[count, ...]``).
+      structure: a transaction of the same structure (the one before the run), for checks.
+    """
+
+    first_seq: int
+    count: int
+    deltas: tuple[Delta, ...]
+    structure: tuple[Delta, ...]
 
 
 # -- scanning a segment ---------------------------------------------------------------------

@@ -22,26 +22,28 @@ from mmsb_jax.core.transaction import (
     txn_structure,
 )
 from mmsb_jax.errors import StoreError
-from mmsb_jax.store.format import Transaction
+from mmsb_jax.store.format import StackedRun, Transaction
 
 __all__ = ["apply_transaction", "replay", "replay_with_seq", "txn_structure"]
 
 PROGRESS_MIN_TXNS = 2000
 
-def _as_transactions(log: Any, after_seq: int, to_seq: int | None
-                     ) -> tuple[Iterator[Transaction], int | None, Any]:
-    """``(iterator, total or None, closer)`` for a TLog, a path, or an iterable."""
+def _as_transactions(log: Any, after_seq: int, to_seq: int | None, max_run: int
+                     ) -> tuple[Iterator[Transaction | StackedRun], int | None, Any]:
+    """``(iterator, total or None, closer)`` for a TLog, a path, or an iterable. A log is
+    read with runs of one structure stacked (:meth:`TLog.transaction_runs`)."""
     from mmsb_jax.store.tlog import TLog
 
     if isinstance(log, TLog):
         last = log.last_seq if to_seq is None else min(to_seq, log.last_seq)
-        return log.transactions(after_seq, to_seq), max(0, last - after_seq), None
+        return (log.transaction_runs(after_seq, to_seq, max_run), max(0, last - after_seq),
+                None)
     if isinstance(log, str | os.PathLike):
         from mmsb_jax.store.tlog import log_dir
 
         tl = TLog.open(log_dir(log), readonly=True)
         last = tl.last_seq if to_seq is None else min(to_seq, tl.last_seq)
-        return tl.transactions(after_seq, to_seq), max(0, last - after_seq), tl
+        return tl.transaction_runs(after_seq, to_seq, max_run), max(0, last - after_seq), tl
 
     def gen() -> Iterator[Transaction]:
         for t in log:
@@ -71,7 +73,7 @@ def replay_with_seq(state: State, log: Any, *, after_seq: int = 0, to_seq: int |
     Returns ``(state, after_seq)`` unchanged when there is nothing to apply.
     """
     after_seq = int(after_seq)
-    txns, total, closer = _as_transactions(log, after_seq, to_seq)
+    txns, total, closer = _as_transactions(log, after_seq, to_seq, max_chunk)
     runner = TransactionRunner(state, max_chunk=max_chunk, chunk_bytes=chunk_bytes,
                                check=check, graph=graph)
     if progress is None:
@@ -84,13 +86,18 @@ def replay_with_seq(state: State, log: Any, *, after_seq: int = 0, to_seq: int |
     seq = after_seq
     try:
         for t in txns:
-            if t.seq != seq + 1:
-                raise StoreError(f"transaction {t.seq} follows seq {seq}: seqs must be "
+            first = t.first_seq if isinstance(t, StackedRun) else t.seq
+            if first != seq + 1:
+                raise StoreError(f"transaction {first} follows seq {seq}: seqs must be "
                                  "consecutive (is after_seq right?)")
-            seq = t.seq
-            runner.add(t.deltas)
+            if isinstance(t, StackedRun):
+                runner.add_stacked(t.structure, t.deltas, t.count)
+                seq += t.count
+            else:
+                runner.add(t.deltas)
+                seq = t.seq
             if bar is not None:
-                bar.update(1)
+                bar.update(seq - first + 1)
         runner.flush()
     finally:
         if bar is not None:

@@ -53,7 +53,7 @@ from mmsb_jax.store._files import (
     log_dir,
     segment_paths,
 )
-from mmsb_jax.store.format import SegmentHeader, SegmentScan, Transaction
+from mmsb_jax.store.format import SegmentHeader, SegmentScan, StackedRun, Transaction
 from mmsb_jax.store.repair import RepairReport, repair
 
 __all__ = [
@@ -760,6 +760,32 @@ class TLog:
                 break
             yield from _segment_transactions(seg, after_seq, to)
 
+    def transaction_runs(self, after_seq: int = 0, to_seq: int | None = None,
+                         max_run: int = 1024) -> Iterator[Transaction | StackedRun]:
+        """:meth:`transactions`, with consecutive transactions of one structure read as
+        :class:`~mmsb_jax.store.format.StackedRun` s of up to ``max_run`` (what replay
+        applies as one scan), decoded with numpy instead of one Delta per transaction. The
+        same transactions, in order, with the same checks (every CRC).
+
+        Raises:
+          UnknownSeqError, LogCorruptError: as :meth:`transactions`.
+        """
+        with self._lock:
+            if self._behind is not None and not self._closed:
+                self._flush_locked()
+            segs = list(self._segments)
+        last = segs[-1].last_seq if segs else 0
+        to = last if to_seq is None else min(int(to_seq), last)
+        if segs and after_seq < segs[0].base_seq and to > after_seq:
+            raise UnknownSeqError(f"the log starts after seq {segs[0].base_seq} (older "
+                                  f"segments were removed); cannot read from seq {after_seq + 1}")
+        for seg in segs:
+            if seg.last_seq <= after_seq:
+                continue
+            if seg.base_seq >= to:
+                break
+            yield from _segment_transactions(seg, after_seq, to, max_run=max(1, int(max_run)))
+
     def iter_info(self) -> Iterator[tuple[Path, fmt.TxnInfo]]:
         """``(segment path, TxnInfo)`` for every complete transaction (re-scans the files)."""
         self.flush()
@@ -779,31 +805,87 @@ def _pinned(d: Delta) -> Delta:
     return Delta._new(idx, mask, vals, d.page, d.kind, d.op, d.count, d.unique)
 
 
-def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int) -> Iterator[Transaction]:
+def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int, max_run: int = 0
+                          ) -> Iterator[Any]:
+    """The transactions of one segment; with ``max_run >= 2``, runs of one structure as
+    :class:`StackedRun` (see :meth:`TLog.transaction_runs`)."""
     buf = _read_file(seg.path, seg.end)
     if len(buf) < seg.end:
         raise LogCorruptError(len(buf), str(seg.path), "segment shrank while being read")
+    view = memoryview(buf)
+    end = seg.end
+    layouts: dict[tuple, fmt.TxnLayout] = {}
     deltas: list[Delta] = []
     derived: tuple[str, ...] = ()
+    pos = txn_start = fmt.HEADER_SIZE
     try:
-        for _, _, rec in fmt.iter_records(buf, fmt.HEADER_SIZE, seg.end, seg.salt):
+        while pos < end:
+            length, why = fmt._check_frame(view, pos, seg.salt)
+            if not length:
+                raise FormatError(f"offset {pos}: {why}")
+            body_at = pos + fmt.REC_HEADER_SIZE
+            rec = fmt.parse_body(view[body_at:body_at + length])
+            pos = body_at + length
             if rec.type == fmt.SCHEMA:
+                txn_start = pos
                 continue
             if rec.seq > to_seq:
                 return
             if rec.type == fmt.DELTA:
                 deltas.append(rec.value)
-            elif rec.type == fmt.DERIVED:
+                continue
+            if rec.type == fmt.DERIVED:
                 derived = rec.value
-            else:
-                if rec.seq > after_seq:
-                    yield Transaction(rec.seq, tuple(deltas), derived, rec.value[2])
-                deltas, derived = [], ()
+                continue
+            txn = Transaction(rec.seq, tuple(deltas), derived, rec.value[2])
+            deltas, derived = [], ()
+            start, txn_start = txn_start, pos
+            if (max_run >= 2 and txn.deltas and txn.seq < to_seq
+                    and _next_looks_alike(view, start, pos, end)):
+                key = (_structure(txn.deltas), txn.derived)
+                layout = layouts.get(key)
+                if layout is None:
+                    layout = layouts[key] = fmt.TxnLayout(txn.deltas, txn.derived)
+                # the run starts with this transaction itself (decoded again, stacked)
+                count, stacked = layout.decode_run(view, start, end, seg.salt, txn.seq,
+                                                   txn.deltas,
+                                                   min(max_run, to_seq - txn.seq + 1))
+                if count:
+                    pos = txn_start = start + count * layout.nbytes
+                    skip = max(0, after_seq - txn.seq + 1)  # its seqs <= after_seq
+                    if skip < count:
+                        rows = [d if not skip else Delta._new(
+                            None if d.indices is None else d.indices[skip:],
+                            None if d.mask is None else d.mask[skip:], d.values[skip:],
+                            d.page, d.kind, d.op, d.count, d.unique) for d in stacked]
+                        yield StackedRun(txn.seq + skip, count - skip, tuple(rows),
+                                         txn.deltas)
+                    continue
+            if txn.seq > after_seq:
+                yield txn
     except FormatError as e:
         raise LogCorruptError(0, str(seg.path), f"changed while being read: {e}") from e
 
 
+def _next_looks_alike(view: memoryview, start: int, nxt: int, end: int) -> bool:
+    """Whether the transaction at ``nxt`` may have the structure of the one at ``start``:
+    its first record (a DELTA) has the same length, kind, op, mask encoding, ndim, count and
+    page name (a cheap test before decoding a run;
+    :meth:`~mmsb_jax.store.format.TxnLayout.decode_run` checks every byte)."""
+    head = fmt.REC_HEADER_SIZE + 9  # framing, then the body's type and seq
+    n = 10 + int.from_bytes(view[start + head + 8:start + head + 10], "little")
+    if nxt + head + n > end:
+        return False
+    return (view[nxt:nxt + 4] == view[start:start + 4]
+            and view[nxt + head - 9] == view[start + head - 9]
+            and view[nxt + head:nxt + head + n] == view[start + head:start + head + n])
 
+
+def _structure(deltas: Sequence[Delta]) -> tuple:
+    """What makes two logged transactions encode alike (leaf shapes, dtypes and statics)."""
+    return tuple((d.page, d.kind, d.op, d.count, d.values.shape, d.values.dtype.str,
+                  None if d.indices is None else d.indices.shape,
+                  None if d.mask is None else d.mask.shape) for d in deltas)
 
 
 def _apply_cuts(path: Path, scan: LogScan) -> RecoveryReport:

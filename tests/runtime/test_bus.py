@@ -252,9 +252,9 @@ def test_commit_path_compiles_once_per_structure(tmp_path, monkeypatch):
                                               rng.integers(0, 9, 4).astype(np.int32),
                                               op="max")])
             per_bus.append(len(traces))
-        # the first bus traces the structure (once copying, once donating in place)
-        assert 1 <= per_bus[0] <= 2 and len(set(traces)) == 1
-        assert per_bus[1] == per_bus[2] == per_bus[0]
+        # one structure, traced at most twice in the whole process: once copying and once
+        # donating in place (whichever bus first commits in place), however many buses
+        assert len(set(traces)) == 1 and 1 <= per_bus[0] <= per_bus[2] <= 2
     finally:
         txn_mod._flat_jit.cache_clear()
 

@@ -424,3 +424,75 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as tmp:
             np.savez(GOLDEN_STATE, **state_record(replay_golden(Path(tmp))))
         print(f"wrote {GOLDEN_STATE}")
+
+
+# -- decoding runs of one structure (replay's fast path) ---------------------------------------
+
+
+def _variant(d: mm.Delta, shift: int) -> mm.Delta:
+    """``d`` with its leaves rolled: the same structure, other bytes."""
+    def roll(x):
+        return None if x is None else np.roll(x.reshape(-1), shift).reshape(x.shape)
+
+    return mm.Delta(indices=roll(d.indices), mask=roll(d.mask), values=roll(d.values),
+                    page=d.page, kind=d.kind, op=d.op, count=d.count)
+
+
+def _same_bytes(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=deltas(), n=st.integers(2, 6), seq=st.integers(1, 2**40), derived=st.booleans())
+def test_decode_run_inverts_encode_run(d, n, seq, derived):
+    from mmsb_jax.core.transaction import stack_transactions
+
+    txns = [[_variant(d, i)] for i in range(n)]
+    names = ("a", "b/c") if derived else ()
+    layout = fmt.TxnLayout(txns[0], names)
+    stacked = stack_transactions(txns)
+    blob = layout.encode_run(77, seq, stacked, 5)
+    count, got = layout.decode_run(blob, 0, len(blob), 77, seq, txns[0], 100)
+    assert count == n
+    for a, b in zip(got, stacked, strict=True):
+        assert (a.page, a.kind, a.op, a.count) == (b.page, b.kind, b.op, b.count)
+        for field in ("indices", "mask", "values"):
+            assert _same_bytes(getattr(a, field), getattr(b, field))
+    # capped, wrong first seq, other salt: fewer or none
+    assert layout.decode_run(blob, 0, len(blob), 77, seq, txns[0], 2)[0] == 2
+    assert layout.decode_run(blob, 0, len(blob), 77, seq + 1, txns[0], 100)[0] == 0
+    with pytest.raises(FormatError, match="CRC"):
+        layout.decode_run(blob, 0, len(blob), 78, seq, txns[0], 100)
+
+
+def _full(op: str, v: float) -> list[mm.Delta]:
+    return [mm.Delta.full("w", np.full(4, v, np.float32), op=op)]
+
+
+def test_decode_run_stops_at_another_structure_of_the_same_size():
+    # "add" and "mul" transactions encode to the same number of bytes: only the header differs
+    txns = [_full("add", 1), _full("add", 2), _full("add", 3), _full("mul", 4), _full("add", 5)]
+    layout = fmt.TxnLayout(txns[0])
+    blob = b"".join(layout.encode(9, 1 + i, t, 0) if t[0].op == "add"
+                    else fmt.TxnLayout(t).encode(9, 1 + i, t, 0) for i, t in enumerate(txns))
+    assert len(blob) == 5 * layout.nbytes
+    count, got = layout.decode_run(blob, 0, len(blob), 9, 1, txns[0], 100)
+    assert count == 3 and got[0].values[:, 0].tolist() == [1, 2, 3]
+    # from the "mul" one, a layout of "add" refuses at once
+    assert layout.decode_run(blob, 3 * layout.nbytes, len(blob), 9, 4, txns[0], 100)[0] == 0
+    # a gap in the seqs ends the run
+    gap = layout.encode(9, 1, txns[0], 0) + layout.encode(9, 2, txns[1], 0) + layout.encode(
+        9, 4, txns[2], 0)
+    assert layout.decode_run(gap, 0, len(gap), 9, 1, txns[0], 100)[0] == 2
+
+
+def test_decode_run_refuses_a_changed_leaf_byte():
+    txns = [_full("add", i) for i in range(4)]
+    layout = fmt.TxnLayout(txns[0])
+    blob = bytearray(b"".join(layout.encode(9, 1 + i, t, 0) for i, t in enumerate(txns)))
+    blob[2 * layout.nbytes + fmt.REC_HEADER_SIZE + 40] ^= 1  # a value byte of seq 3
+    with pytest.raises(FormatError, match="CRC mismatch in transaction 3"):
+        layout.decode_run(bytes(blob), 0, len(blob), 9, 1, txns[0], 100)

@@ -329,3 +329,79 @@ def test_replay_from_pruned_log_needs_a_later_start(tmp_path):
     states = live_run(commits)
     out = replay(states[first - 1], tmp_path, after_seq=first - 1)
     assert_states_identical(out, states[12])
+
+
+# -- reading a log as stacked runs -------------------------------------------------------------
+
+
+def _mixed_log(tmp_path, n: int = 60, seed: int = 4):
+    """A log of runs of one structure broken by transactions of another of the same byte
+    size (``add`` vs ``mul`` on the same page) and by a different one."""
+    rng = np.random.default_rng(seed)
+    commits = []
+    for s in range(n):
+        op = "mul" if s % 9 == 4 else "add"
+        ds = [make_delta(rng, "f", "full", op), make_delta(rng, "i", "rows", "max")]
+        if s % 17 == 11:
+            ds = [make_delta(rng, "u", "masked", "set")]
+        commits.append(ds)
+    with TLog.open(tmp_path / "log", SCHEMA, sync="never", segment_bytes=4096) as log:
+        for s, ds in enumerate(commits, 1):
+            log.append(s, ds)
+    return commits
+
+
+def _expand(items) -> list[tuple[int, list[mm.Delta]]]:
+    from mmsb_jax.core.transaction import _StackedRows
+    from mmsb_jax.store.format import StackedRun
+
+    out = []
+    for it in items:
+        if isinstance(it, StackedRun):
+            rows = _StackedRows(list(it.deltas), it.count)
+            out += [(it.first_seq + j, rows[j]) for j in range(it.count)]
+        else:
+            out.append((it.seq, list(it.deltas)))
+    return out
+
+
+def test_transaction_runs_are_the_transactions(tmp_path):
+    from mmsb_jax.store.format import StackedRun
+
+    commits = _mixed_log(tmp_path)
+    with TLog.open(tmp_path / "log", readonly=True) as log:
+        assert len(log.segments) > 1  # runs end at segment boundaries too
+        for after, to in ((0, None), (7, 33), (12, 13), (0, 1), (59, None), (3, 5)):
+            plain = [(t.seq, list(t.deltas)) for t in log.transactions(after, to)]
+            items = list(log.transaction_runs(after, to, max_run=8))
+            assert any(isinstance(i, StackedRun) for i in items) or len(plain) < 3
+            assert all(i.count <= 8 for i in items if isinstance(i, StackedRun))
+            runs = _expand(items)
+            assert [s for s, _ in runs] == [s for s, _ in plain]
+            for (_, a), (_, b) in zip(runs, plain, strict=True):
+                for x, y in zip(a, b, strict=True):
+                    assert (x.page, x.kind, x.op, x.count) == (y.page, y.kind, y.op, y.count)
+                    for f in ("indices", "mask", "values"):
+                        u, v = getattr(x, f), getattr(y, f)
+                        assert (u is None) == (v is None)
+                        if u is not None:
+                            np.testing.assert_array_equal(bits(np.asarray(u)), bits(v))
+    states = live_run(commits)
+    for after, to in ((0, None), (0, 30), (10, 41)):
+        out = replay(states[after], tmp_path / "log", after_seq=after, to_seq=to, max_chunk=8)
+        assert_states_identical(out, states[to or len(commits)])
+
+
+def test_replay_from_a_log_refuses_a_bad_stacked_run_before_applying_it(tmp_path):
+    def t(row: int) -> list[mm.Delta]:
+        return [mm.Delta.rows("i", np.array([row], np.int32), np.array([7], np.int32), "add")]
+
+    with TLog.open(tmp_path / "log", SCHEMA, sync="never") as log:
+        for s, row in enumerate([0, 1, 0, 1, 4, 0], 1):  # seqs 2.. are read as one run
+            log.append(s, t(row))
+    small = mm.Schema([mm.PageSpec("f", (6, 3), "float32"), mm.PageSpec("i", (2,), "int32"),
+                       mm.PageSpec("b", (4, 2), "bool"), mm.PageSpec("u", (7,), "uint8")])
+    with pytest.raises(IndexOutOfRangeError):  # row 4 of a 2-row page, in the run
+        replay(mm.init_state(small), tmp_path / "log")
+    out = replay(mm.init_state(small), tmp_path / "log", to_seq=4)  # before it: fine
+    assert np.asarray(out.pages["i"]).tolist() == [14, 14] and int(out.epochs["i"]) == 4
