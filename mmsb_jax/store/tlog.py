@@ -744,21 +744,7 @@ class TLog:
           UnknownSeqError: ``after_seq`` is before the first transaction still held.
           LogCorruptError: a segment changed underneath and no longer checks out.
         """
-        with self._lock:
-            if self._behind is not None and not self._closed:
-                self._flush_locked()
-            segs = list(self._segments)
-        last = segs[-1].last_seq if segs else 0
-        to = last if to_seq is None else min(int(to_seq), last)
-        if segs and after_seq < segs[0].base_seq and to > after_seq:
-            raise UnknownSeqError(f"the log starts after seq {segs[0].base_seq} (older "
-                                  f"segments were removed); cannot read from seq {after_seq + 1}")
-        for seg in segs:
-            if seg.last_seq <= after_seq:
-                continue
-            if seg.base_seq >= to:
-                break
-            yield from _segment_transactions(seg, after_seq, to)
+        return self._read(after_seq, to_seq, 0)
 
     def transaction_runs(self, after_seq: int = 0, to_seq: int | None = None,
                          max_run: int = 1024) -> Iterator[Transaction | StackedRun]:
@@ -770,6 +756,9 @@ class TLog:
         Raises:
           UnknownSeqError, LogCorruptError: as :meth:`transactions`.
         """
+        return self._read(after_seq, to_seq, max(1, int(max_run)))
+
+    def _read(self, after_seq: int, to_seq: int | None, max_run: int) -> Iterator[Any]:
         with self._lock:
             if self._behind is not None and not self._closed:
                 self._flush_locked()
@@ -784,7 +773,7 @@ class TLog:
                 continue
             if seg.base_seq >= to:
                 break
-            yield from _segment_transactions(seg, after_seq, to, max_run=max(1, int(max_run)))
+            yield from _segment_transactions(seg, after_seq, to, max_run=max_run)
 
     def iter_info(self) -> Iterator[tuple[Path, fmt.TxnInfo]]:
         """``(segment path, TxnInfo)`` for every complete transaction (re-scans the files)."""
