@@ -2,7 +2,7 @@
 
 from mmsb_jax.core.transaction import apply_transaction
 from mmsb_jax.store.checkpoint import CheckpointStore
-from mmsb_jax.store.format import Transaction
+from mmsb_jax.store.format import StackedRun, Transaction
 from mmsb_jax.store.recovery import state_at
 from mmsb_jax.store.replay import replay, replay_with_seq
 from mmsb_jax.store.tlog import (
@@ -22,6 +22,7 @@ __all__ = [
     "LogScan",
     "RecoveryReport",
     "RepairReport",
+    "StackedRun",
     "TLog",
     "Transaction",
     "apply_transaction",
