@@ -507,8 +507,8 @@ class TxnLayout:
         return self._tmpl
 
     def decode_run(self, buf: bytes | memoryview, start: int, end: int, salt: int,
-                   first_seq: int, template: Sequence[Delta], max_count: int
-                   ) -> tuple[int, list[Delta]]:
+                   first_seq: int, template: Sequence[Delta], max_count: int,
+                   arrays: bool = True) -> tuple[int, list[Delta]]:
         """Decode the transactions of this structure that follow each other from ``start``.
 
         The inverse of :meth:`encode_run`: reads up to ``max_count`` transactions that share
@@ -523,6 +523,8 @@ class TxnLayout:
           template: a transaction of this structure (names, kinds, ops, counts, dtypes and
             shapes of the stacked deltas are taken from it).
           max_count: read at most this many transactions.
+          arrays: build the stacked deltas; with ``False`` only check (what a scan needs)
+            and return ``(count, [])``.
 
         Returns:
           ``(count, stacked)``: ``count`` transactions decoded (0 if fewer than two match),
@@ -582,24 +584,51 @@ class TxnLayout:
             indices = mask = None
             if d.kind == "rows":
                 k = shape[0]
-                indices = np.ascontiguousarray(a[:, at:at + 4 * k]).view("<i4")
+                if arrays:
+                    indices = np.ascontiguousarray(a[:, at:at + 4 * k]).view("<i4")
                 at += 4 * k
             elif d.kind == "masked":
                 nb = (size + 7) // 8
                 bits = a[:, at:at + nb]
                 if size % 8 and (bits[:, -1] >> (size % 8)).any():
                     raise FormatError("mask padding bits are not zero")
-                mask = np.unpackbits(bits, axis=1, count=size, bitorder="little")
-                mask = mask.view(np.bool_).reshape(count, *shape)
+                if arrays:
+                    mask = np.unpackbits(bits, axis=1, count=size, bitorder="little")
+                    mask = mask.view(np.bool_).reshape(count, *shape)
                 at += nb
             dt = vals.dtype
-            raw = np.ascontiguousarray(a[:, at:at + size * dt.itemsize])
-            if dt == np.bool_ and size and raw.max() > 1:
+            if dt == np.bool_ and size and a[:, at:at + size].max() > 1:
                 raise FormatError("values: bool bytes other than 0/1")
+            if not arrays:
+                continue
+            raw = np.ascontiguousarray(a[:, at:at + size * dt.itemsize])
             read = dt.newbyteorder("<") if dt.itemsize > 1 and dt.kind in "iufc" else dt
             values = raw.view(read).reshape(count, *shape)
             out.append(Delta._new(indices, mask, values, d.page, d.kind, d.op, d.count, False))
         return count, out
+
+
+def layout_key(deltas: Sequence[Delta], derived: Sequence[str] = ()) -> tuple:
+    """What makes two logged transactions encode alike (their :class:`TxnLayout`): leaf
+    shapes, dtypes, statics and the DERIVED names."""
+    return (tuple((d.page, d.kind, d.op, d.count, d.values.shape, d.values.dtype.str,
+                   None if d.indices is None else d.indices.shape,
+                   None if d.mask is None else d.mask.shape) for d in deltas), tuple(derived))
+
+
+def next_looks_alike(view: memoryview, start: int, nxt: int, end: int) -> bool:
+    """Whether the transaction at ``nxt`` may have the structure of the one at ``start``:
+    its first record (a DELTA) has the same length, kind, op, mask encoding, ndim, count and
+    page name (a cheap test before :meth:`TxnLayout.decode_run`, which checks every byte)."""
+    head = REC_HEADER_SIZE + 9  # framing, then the body's type and seq
+    if nxt - start < head + 10:
+        return False
+    n = 10 + int.from_bytes(view[start + head + 8:start + head + 10], "little")
+    if nxt + head + n > end:
+        return False
+    return (view[nxt:nxt + 4] == view[start:start + 4]
+            and view[nxt + head - 9] == view[start + head - 9]
+            and view[nxt + head:nxt + head + n] == view[start + head:start + head + n])
 
 
 def _u32_column(values: list[int], rows: int) -> np.ndarray:
@@ -989,6 +1018,37 @@ def find_valid_record(buf: bytes | memoryview, start: int, salt: int, lo_seq: in
     return None
 
 
+def _scan_run(view: memoryview, start: int, end: int, salt: int, info: TxnInfo,
+              bodies: list[memoryview], derived: tuple[str, ...],
+              layouts: dict[tuple, TxnLayout], out: SegmentScan) -> int:
+    """Validate, as one run, the transactions from ``start`` that encode like the one just
+    scanned (``info``, its DELTA ``bodies``): every byte :func:`scan_segment` would check,
+    with numpy (:meth:`TxnLayout.decode_run`). Appends their :class:`TxnInfo` and returns
+    how many; 0 if none or if anything does not check out (the per-record scan then finds
+    exactly where and why)."""
+    try:
+        template = [parse_body(b).value for b in bodies]
+        key = layout_key(template, derived)
+        layout = layouts.get(key)
+        if layout is None:
+            layout = layouts[key] = TxnLayout(template, derived)
+        size = layout.nbytes
+        count, _ = layout.decode_run(view, start, end, salt, info.seq + 1, template,
+                                     (end - start) // size, arrays=False)
+    except FormatError:
+        return 0
+    if not count:
+        return 0
+    ts_at = layout._template(template)[0][-1] + 17  # COMMIT: type, seq, count, crc, then ts
+    stamps = np.frombuffer(view, np.uint8, count * size, start).reshape(count, size)
+    stamps = np.ascontiguousarray(stamps[:, ts_at:ts_at + 8]).view("<u8").ravel().tolist()
+    out.txns.extend(TxnInfo(seq=info.seq + 1 + j, offset=start + j * size,
+                            end=start + (j + 1) * size, pages=info.pages,
+                            n_deltas=info.n_deltas, derived=derived, timestamp_ns=ts)
+                    for j, ts in enumerate(stamps))
+    return count
+
+
 def scan_segment(buf: bytes | memoryview, *, expected_segment: int | None = None,
                  expected_base_seq: int | None = None) -> SegmentScan:
     """Validate one segment and find its longest valid prefix of whole transactions.
@@ -1034,8 +1094,10 @@ def scan_segment(buf: bytes | memoryview, *, expected_segment: int | None = None
     pos = HEADER_SIZE
     txn_start = pos
     pending: list[Record] = []
+    bodies: list[memoryview] = []  # of the pending DELTA records, to decode a run's template
     pending_crc = 0
     have_schema = False
+    layouts: dict[tuple, TxnLayout] = {}
 
     def fail(at: int, why: str) -> SegmentScan:
         out.bad_offset, out.reason = at, why
@@ -1069,16 +1131,26 @@ def scan_segment(buf: bytes | memoryview, *, expected_segment: int | None = None
                 return fail(pos, f"COMMIT {rec.seq} does not match its {len(pending)} records")
             pages = [p.value for p in pending if p.type == DELTA]
             derived = next((p.value for p in pending if p.type == DERIVED), ())
-            out.txns.append(TxnInfo(seq=rec.seq, offset=txn_start, end=end,
-                                    pages=tuple(dict.fromkeys(pages)),
-                                    n_deltas=len(pages), derived=derived, timestamp_ns=ts))
+            info = TxnInfo(seq=rec.seq, offset=txn_start, end=end,
+                           pages=tuple(dict.fromkeys(pages)), n_deltas=len(pages),
+                           derived=derived, timestamp_ns=ts)
+            out.txns.append(info)
             committed = rec.seq
-            pending, pending_crc = [], 0
+            start, template = txn_start, bodies
+            pending, bodies, pending_crc = [], [], 0
             out.good_end = txn_start = end
+            if template and next_looks_alike(view, start, end, n):
+                count = _scan_run(view, end, n, salt, info, template, derived, layouts, out)
+                if count:
+                    committed += count
+                    pos = out.good_end = txn_start = out.txns[-1].end
+                    continue
         else:
             if rec.type == DERIVED and any(p.type == DERIVED for p in pending):
                 return fail(pos, "two DERIVED records in one transaction")
             pending.append(rec)
+            if rec.type == DELTA:
+                bodies.append(body)
             pending_crc = crc32c(body, pending_crc)
         pos = end
     if not have_schema:

@@ -830,8 +830,8 @@ def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int, max_run: i
             deltas, derived = [], ()
             start, txn_start = txn_start, pos
             if (max_run >= 2 and txn.deltas and txn.seq < to_seq
-                    and _next_looks_alike(view, start, pos, end)):
-                key = (_structure(txn.deltas), txn.derived)
+                    and fmt.next_looks_alike(view, start, pos, end)):
+                key = fmt.layout_key(txn.deltas, txn.derived)
                 layout = layouts.get(key)
                 if layout is None:
                     layout = layouts[key] = fmt.TxnLayout(txn.deltas, txn.derived)
@@ -854,27 +854,6 @@ def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int, max_run: i
                 yield txn
     except FormatError as e:
         raise LogCorruptError(0, str(seg.path), f"changed while being read: {e}") from e
-
-
-def _next_looks_alike(view: memoryview, start: int, nxt: int, end: int) -> bool:
-    """Whether the transaction at ``nxt`` may have the structure of the one at ``start``:
-    its first record (a DELTA) has the same length, kind, op, mask encoding, ndim, count and
-    page name (a cheap test before decoding a run;
-    :meth:`~mmsb_jax.store.format.TxnLayout.decode_run` checks every byte)."""
-    head = fmt.REC_HEADER_SIZE + 9  # framing, then the body's type and seq
-    n = 10 + int.from_bytes(view[start + head + 8:start + head + 10], "little")
-    if nxt + head + n > end:
-        return False
-    return (view[nxt:nxt + 4] == view[start:start + 4]
-            and view[nxt + head - 9] == view[start + head - 9]
-            and view[nxt + head:nxt + head + n] == view[start + head:start + head + n])
-
-
-def _structure(deltas: Sequence[Delta]) -> tuple:
-    """What makes two logged transactions encode alike (leaf shapes, dtypes and statics)."""
-    return tuple((d.page, d.kind, d.op, d.count, d.values.shape, d.values.dtype.str,
-                  None if d.indices is None else d.indices.shape,
-                  None if d.mask is None else d.mask.shape) for d in deltas)
 
 
 def _apply_cuts(path: Path, scan: LogScan) -> RecoveryReport:
