@@ -550,10 +550,16 @@ class TxnLayout:
 
         if not matching(a[:2], expect[:2]).all():  # cheap refusal of a different neighbour
             return 0, []
-        ok = matching(a, expect)
-        count = m if ok.all() else int(np.argmin(ok))
-        if count < 2:
-            return 0, []
+        # grow the checked window geometrically: the work is linear in the run found, not in
+        # the bytes left (a scan calls this after every transaction that starts a run)
+        count, step = 2, 2
+        while count < m:
+            hi = min(m, count + step)
+            ok = matching(a[count:hi], expect[count:hi])
+            if not ok.all():
+                count += int(np.argmin(ok))
+                break
+            count, step = hi, 2 * step
         a = a[:count]
         prefix = self._prefix_crcs(salt)
         last = len(self.sizes) - 1
@@ -616,19 +622,31 @@ def layout_key(deltas: Sequence[Delta], derived: Sequence[str] = ()) -> tuple:
                    None if d.mask is None else d.mask.shape) for d in deltas), tuple(derived))
 
 
+#: A run is decoded only when this many transactions after one look like it: decoding costs
+#: about as much as scanning four transactions one record at a time, so shorter runs (and
+#: patterns such as A A B A A B) stay on the per-record path.
+RUN_LOOKAHEAD = 4
+
+
 def next_looks_alike(view: memoryview, start: int, nxt: int, end: int) -> bool:
-    """Whether the transaction at ``nxt`` may have the structure of the one at ``start``:
-    its first record (a DELTA) has the same length, kind, op, mask encoding, ndim, count and
-    page name (a cheap test before :meth:`TxnLayout.decode_run`, which checks every byte)."""
+    """Whether the :data:`RUN_LOOKAHEAD` transactions from ``nxt`` may have the structure of
+    the one at ``start`` (which ends at ``nxt``): the first record (a DELTA) of each has the
+    same length, kind, op, mask encoding, ndim, count and page name. A cheap test before
+    :meth:`TxnLayout.decode_run`, which checks every byte."""
     head = REC_HEADER_SIZE + 9  # framing, then the body's type and seq
-    if nxt - start < head + 10:
+    size = nxt - start
+    if size < head + 10:
         return False
     n = 10 + int.from_bytes(view[start + head + 8:start + head + 10], "little")
-    if nxt + head + n > end:
+    if nxt + (RUN_LOOKAHEAD - 1) * size + head + n > end:
         return False
-    return (view[nxt:nxt + 4] == view[start:start + 4]
-            and view[nxt + head - 9] == view[start + head - 9]
-            and view[nxt + head:nxt + head + n] == view[start + head:start + head + n])
+    ref_len, ref_type = view[start:start + 4], view[start + head - 9]
+    ref = view[start + head:start + head + n]
+    for at in range(nxt, nxt + RUN_LOOKAHEAD * size, size):
+        if (view[at:at + 4] != ref_len or view[at + head - 9] != ref_type
+                or view[at + head:at + head + n] != ref):
+            return False
+    return True
 
 
 def _u32_column(values: list[int], rows: int) -> np.ndarray:

@@ -544,3 +544,22 @@ def test_scan_validates_runs_like_single_records(tmp_path):
     patched[m_at:m_at + 8 + m_len] = fmt.frame(salt, bytes(body))
     cut = fmt.scan_segment(bytes(patched))
     assert cut.bad_offset == m_at and "padding" in cut.reason
+
+
+@pytest.mark.parametrize("period, calls", [(3, 0), (5, 0), (None, 1)])
+def test_scan_decodes_runs_only_when_enough_follow(tmp_path, monkeypatch, period, calls):
+    """Short runs (A A B A A B ...) stay on the per-record path, where they cost less; one long
+    run is decoded once."""
+    schema = mm.Schema([mm.PageSpec("w", (4,), "float32")])
+    with TLog.open(tmp_path / "log", schema, sync="never") as log:
+        for s in range(1, 101):
+            op = "mul" if period and s % period == 0 else "add"
+            log.append(s, [mm.Delta.full("w", np.full(4, s, np.float32), op=op)])
+        data = log.segments[0].read_bytes()
+    seen = []
+    real = fmt.TxnLayout.decode_run
+    monkeypatch.setattr(fmt.TxnLayout, "decode_run",
+                        lambda self, *a, **k: seen.append(1) or real(self, *a, **k))
+    scan = fmt.scan_segment(data)
+    assert scan.clean and [t.seq for t in scan.txns] == list(range(1, 101))
+    assert len(seen) == calls
