@@ -25,7 +25,6 @@ there are.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import operator
@@ -53,6 +52,7 @@ __all__ = [
     "apply_transaction",
     "apply_transactions",
     "check_stacked_rows",
+    "slice_stacked",
     "stack_transactions",
     "touched_pages",
     "txn_nbytes",
@@ -322,18 +322,19 @@ def _capacity(n: int) -> int:
 
 
 def _apply_padded(state: State, stacked: list[Delta], n: int, *, graph: Graph | None,
-                  donate: bool) -> tuple[State, dict[str, jax.Array]]:
-    """:func:`apply_stacked` of the first ``n`` rows of leaves stacked to a capacity."""
+                  donate: bool, per_step: bool = True) -> tuple[State, dict[str, jax.Array]]:
+    """:func:`apply_stacked` of the first ``n`` rows of leaves stacked to a capacity; with
+    ``per_step=False`` the per-step epochs are not wanted (``{}``: no slicing dispatches)."""
     pages, epochs, shardings = _operands(state, stacked, graph)
     if n == stacked[0].values.shape[0] and n & (n - 1) == 0:
         # a full power-of-two chunk: the static-length scan, a little faster per step
         scan = _scan_donated if donate else _scan
-        pages, epochs, per_step = scan(graph, pages, epochs, stacked, shardings)
+        pages, epochs, steps = scan(graph, pages, epochs, stacked, shardings)
     else:
         loop = _loop_donated if donate else _loop
-        pages, epochs, per_step = loop(graph, pages, epochs, stacked, shardings, np.int32(n))
-        per_step = {k: v[:n] for k, v in per_step.items()}
-    return state.with_pages(pages, epochs), per_step
+        pages, epochs, steps = loop(graph, pages, epochs, stacked, shardings, np.int32(n))
+        steps = {k: v[:n] for k, v in steps.items()} if per_step else steps
+    return state.with_pages(pages, epochs), steps if per_step else {}
 
 
 def _padded(d: Delta, cap: int) -> Delta:
@@ -496,11 +497,7 @@ class TransactionRunner:
             elif size == n:  # the whole run in one chunk: no slicing
                 self._apply_stacked(n, list(stacked))
             else:
-                part = [dataclasses.replace(d, indices=_rows(d.indices, start, size),
-                                            mask=_rows(d.mask, start, size),
-                                            values=d.values[start:start + size])
-                        for d in stacked]
-                self._apply_stacked(size, part)
+                self._apply_stacked(size, slice_stacked(stacked, start, start + size))
             start += size
 
     def add_stacked(self, structure: Sequence[Delta], stacked: Sequence[Delta], count: int
@@ -525,16 +522,19 @@ class TransactionRunner:
         """Apply everything queued; returns the State reached."""
         buf, self.buffer = self.buffer, []
         if buf:
-            self._apply_chunk(buf)
+            self._apply_chunk(buf, self.key)  # the buffer's structure (add sets it first)
         return self.state
 
-    def _apply_chunk(self, txns: Sequence[Sequence[Delta]]) -> None:
+    def _apply_chunk(self, txns: Sequence[Sequence[Delta]], key: tuple | None = None
+                     ) -> None:
+        """Apply ``txns`` (one structure, ``key`` its :func:`txn_structure` if known)."""
         state = self.state
         if len(txns) == 1:
             deltas = txns[0]
             if self.check:
                 validate_deltas(state, deltas)
-            key = txn_structure(deltas)
+            if key is None:
+                key = txn_structure(deltas)
             ct = self._single.get(key)
             if ct is None or not ct.matches(state):
                 if len(self._single) >= _MAX_SINGLE:
@@ -548,12 +548,13 @@ class TransactionRunner:
         if self.check:
             validate_deltas(state, txns[0])
             check_stacked_rows(state, stacked)
-        self._record(len(txns), *_apply_padded(state, stacked, len(txns), graph=self.graph,
-                                               donate=self.donate))
+        self._apply_stacked(len(txns), stacked)
 
     def _apply_stacked(self, count: int, stacked: list[Delta]) -> None:
-        self._record(count, *apply_stacked(self.state, stacked, graph=self.graph,
-                                           donate=self.donate))
+        """Apply ``count`` transactions stacked into ``[count, ...]`` or a capacity of them."""
+        stacked = [_padded(d, _capacity(count)) for d in stacked]
+        self._record(count, *_apply_padded(self.state, stacked, count, graph=self.graph,
+                                           donate=self.donate, per_step=self.record_epochs))
 
     def _record(self, count: int, state: State, per_step: Mapping[str, Any]) -> None:
         self.state = state
@@ -591,8 +592,11 @@ def _chunk_limit(deltas: Sequence[Delta], max_chunk: int, chunk_bytes: int) -> i
     return 1 << (cap.bit_length() - 1)
 
 
-def _rows(x: Any, start: int, size: int) -> Any:
-    return None if x is None else x[start:start + size]
+def slice_stacked(stacked: Sequence[Delta], start: int, stop: int) -> list[Delta]:
+    """Transactions ``start:stop`` of stacked deltas (leaves ``[L, ...]``): views, no copy."""
+    return [Delta._new(None if d.indices is None else d.indices[start:stop],
+                       None if d.mask is None else d.mask[start:stop], d.values[start:stop],
+                       d.page, d.kind, d.op, d.count, d.unique) for d in stacked]
 
 
 def apply_transactions(state: State, txns: Iterable[Sequence[Delta]], *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -334,6 +335,7 @@ class TxnLayout:
 
     def __init__(self, deltas: Sequence[Delta], derived: Sequence[str] = ()):
         self.heads: list[bytes] = []  # each DELTA body's header after ``type · seq``
+        self._specs: list[tuple[str, str, str, int, tuple[int, ...], np.dtype]] = []
         self.kinds: list[int] = []
         self.sizes: list[int] = []  # body sizes, one per record (COMMIT last)
         for d in deltas:
@@ -344,6 +346,8 @@ class TxnLayout:
             self.heads.append(body[_BODY_PREFIX.size:head])
             self.kinds.append(_KIND_CODE[d.kind])
             self.sizes.append(len(body))
+            # what decoding needs of each delta (no leaves: a cached layout keeps no arrays)
+            self._specs.append((d.page, d.kind, d.op, d.count, values.shape, values.dtype))
         self.derived_tail = (derived_body(0, derived)[_BODY_PREFIX.size:] if derived else None)
         if self.derived_tail is not None:
             self.sizes.append(_BODY_PREFIX.size + len(self.derived_tail))
@@ -475,40 +479,48 @@ class TxnLayout:
         return out.tobytes()
 
 
-    def _template(self, template: Sequence[Delta]
-                  ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    def _template(self) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
         """``(body offsets, fixed columns, their bytes, seq columns)`` of one encoded
         transaction: where each record's body starts, the bytes every transaction of the
         structure shares (lengths, types, delta headers, DERIVED names, the COMMIT record
-        count) and their values, and the ``8 * records`` bytes of the seqs. ``template``: a
-        transaction of this layout's structure."""
+        count) and their values, and the ``8 * records`` bytes of the seqs."""
         if self._tmpl is not None:
             return self._tmpl
+        ref = np.zeros(self.nbytes, np.uint8)
         fixed = np.zeros(self.nbytes, bool)
         body_at, seq_cols = [], []
         pos = 0
-        n_delta = len(self.heads)
+        last = len(self.sizes) - 1
         for r, size in enumerate(self.sizes):
+            ref[pos:pos + 4] = np.frombuffer(_U32.pack(size), np.uint8)
             fixed[pos:pos + 4] = True  # length (the framing CRC follows)
             at = pos + REC_HEADER_SIZE
             body_at.append(at)
-            fixed[at] = True  # record type
+            if r < len(self.heads):
+                rtype, shared = DELTA, self.heads[r]
+            elif r < last:
+                rtype, shared = DERIVED, self.derived_tail or b""
+            else:  # COMMIT: the record count (then crc, timestamp)
+                rtype, shared = COMMIT, _U32.pack(last)
+            ref[at] = rtype
+            ref[at + 9:at + 9 + len(shared)] = np.frombuffer(shared, np.uint8)
+            fixed[at] = True
+            fixed[at + 9:at + 9 + len(shared)] = True
             seq_cols.extend(range(at + 1, at + 9))
-            if r < n_delta:
-                fixed[at + 9:at + 9 + len(self.heads[r])] = True
-            elif r == len(self.sizes) - 1:  # COMMIT: the record count (then crc, timestamp)
-                fixed[at + 9:at + 13] = True
-            else:  # DERIVED: all of it but the seq
-                fixed[at + 9:at + size] = True
             pos = at + size
         cols = np.flatnonzero(fixed)
-        ref = np.frombuffer(self.encode(0, 0, template, 0), np.uint8)[cols]
-        self._tmpl = (body_at, cols, ref, np.asarray(seq_cols, np.int64))
+        self._tmpl = (body_at, cols, ref[cols], np.asarray(seq_cols, np.int64))
         return self._tmpl
 
+    def timestamps(self, buf: bytes | memoryview, start: int, count: int) -> list[int]:
+        """The COMMIT timestamps of ``count`` transactions of this layout from ``start``."""
+        at = self._template()[0][-1] + 17  # COMMIT body: type, seq, count, crc, then ts
+        rows = np.frombuffer(buf, np.uint8, count * self.nbytes, start).reshape(count, -1)
+        return np.ascontiguousarray(rows[:, at:at + 8]).view("<u8").ravel().tolist()
+
     def decode_run(self, buf: bytes | memoryview, start: int, end: int, salt: int,
-                   first_seq: int, template: Sequence[Delta], max_count: int,
-                   arrays: bool = True) -> tuple[int, list[Delta]]:
+                   first_seq: int, max_count: int, arrays: bool = True
+                   ) -> tuple[int, list[Delta]]:
         """Decode the transactions of this structure that follow each other from ``start``.
 
         The inverse of :meth:`encode_run`: reads up to ``max_count`` transactions that share
@@ -520,8 +532,6 @@ class TxnLayout:
           buf: the segment's bytes; start, end: the range to read (``end``: the valid end).
           salt: the segment's salt.
           first_seq: the seq the first transaction must have.
-          template: a transaction of this structure (names, kinds, ops, counts, dtypes and
-            shapes of the stacked deltas are taken from it).
           max_count: read at most this many transactions.
           arrays: build the stacked deltas; with ``False`` only check (what a scan needs)
             and return ``(count, [])``.
@@ -539,7 +549,7 @@ class TxnLayout:
         m = min(int(max_count), (end - start) // size_t)
         if m < 2:
             return 0, []
-        body_at, fixed, first, seq_cols = self._template(template)
+        body_at, fixed, first, seq_cols = self._template()
         a = np.frombuffer(buf, np.uint8, m * size_t, start).reshape(m, size_t)
         expect = np.arange(first_seq, first_seq + m, dtype=np.uint64)
 
@@ -582,18 +592,16 @@ class TxnLayout:
             raise FormatError(f"transaction CRC mismatch in seqs {first_seq}.."
                               f"{first_seq + count - 1}")
         out = []
-        for i, d in enumerate(template):
+        for i, (page, kind, op, n_user, shape, dt) in enumerate(self._specs):
             at = body_at[i] + 9 + len(self.heads[i])
-            vals = np.asarray(d.values)
-            shape = vals.shape
-            size = vals.size
+            size = math.prod(shape)
             indices = mask = None
-            if d.kind == "rows":
+            if kind == "rows":
                 k = shape[0]
                 if arrays:
                     indices = np.ascontiguousarray(a[:, at:at + 4 * k]).view("<i4")
                 at += 4 * k
-            elif d.kind == "masked":
+            elif kind == "masked":
                 nb = (size + 7) // 8
                 bits = a[:, at:at + nb]
                 if size % 8 and (bits[:, -1] >> (size % 8)).any():
@@ -602,7 +610,6 @@ class TxnLayout:
                     mask = np.unpackbits(bits, axis=1, count=size, bitorder="little")
                     mask = mask.view(np.bool_).reshape(count, *shape)
                 at += nb
-            dt = vals.dtype
             if dt == np.bool_ and size and a[:, at:at + size].max() > 1:
                 raise FormatError("values: bool bytes other than 0/1")
             if not arrays:
@@ -610,7 +617,7 @@ class TxnLayout:
             raw = np.ascontiguousarray(a[:, at:at + size * dt.itemsize])
             read = dt.newbyteorder("<") if dt.itemsize > 1 and dt.kind in "iufc" else dt
             values = raw.view(read).reshape(count, *shape)
-            out.append(Delta._new(indices, mask, values, d.page, d.kind, d.op, d.count, False))
+            out.append(Delta._new(indices, mask, values, page, kind, op, n_user, False))
         return count, out
 
 
@@ -1051,15 +1058,13 @@ def _scan_run(view: memoryview, start: int, end: int, salt: int, info: TxnInfo,
         if layout is None:
             layout = layouts[key] = TxnLayout(template, derived)
         size = layout.nbytes
-        count, _ = layout.decode_run(view, start, end, salt, info.seq + 1, template,
+        count, _ = layout.decode_run(view, start, end, salt, info.seq + 1,
                                      (end - start) // size, arrays=False)
     except FormatError:
         return 0
     if not count:
         return 0
-    ts_at = layout._template(template)[0][-1] + 17  # COMMIT: type, seq, count, crc, then ts
-    stamps = np.frombuffer(view, np.uint8, count * size, start).reshape(count, size)
-    stamps = np.ascontiguousarray(stamps[:, ts_at:ts_at + 8]).view("<u8").ravel().tolist()
+    stamps = layout.timestamps(view, start, count)
     out.txns.extend(TxnInfo(seq=info.seq + 1 + j, offset=start + j * size,
                             end=start + (j + 1) * size, pages=info.pages,
                             n_deltas=info.n_deltas, derived=derived, timestamp_ns=ts)

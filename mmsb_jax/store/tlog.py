@@ -32,6 +32,7 @@ import numpy as np
 
 from mmsb_jax.core.delta import Delta
 from mmsb_jax.core.pages import Schema
+from mmsb_jax.core.transaction import slice_stacked
 from mmsb_jax.errors import (
     FormatError,
     LogCorruptError,
@@ -809,49 +810,44 @@ def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int, max_run: i
     pos = txn_start = fmt.HEADER_SIZE
     try:
         while pos < end:
-            length, why = fmt._check_frame(view, pos, seg.salt)
-            if not length:
-                raise FormatError(f"offset {pos}: {why}")
-            body_at = pos + fmt.REC_HEADER_SIZE
-            rec = fmt.parse_body(view[body_at:body_at + length])
-            pos = body_at + length
-            if rec.type == fmt.SCHEMA:
-                txn_start = pos
-                continue
-            if rec.seq > to_seq:
-                return
-            if rec.type == fmt.DELTA:
-                deltas.append(rec.value)
-                continue
-            if rec.type == fmt.DERIVED:
-                derived = rec.value
-                continue
-            txn = Transaction(rec.seq, tuple(deltas), derived, rec.value[2])
-            deltas, derived = [], ()
-            start, txn_start = txn_start, pos
-            if (max_run >= 2 and txn.deltas and txn.seq < to_seq
-                    and fmt.next_looks_alike(view, start, pos, end)):
-                key = fmt.layout_key(txn.deltas, txn.derived)
-                layout = layouts.get(key)
-                if layout is None:
-                    layout = layouts[key] = fmt.TxnLayout(txn.deltas, txn.derived)
-                # the run starts with this transaction itself (decoded again, stacked)
-                count, stacked = layout.decode_run(view, start, end, seg.salt, txn.seq,
-                                                   txn.deltas,
-                                                   min(max_run, to_seq - txn.seq + 1))
-                if count:
-                    pos = txn_start = start + count * layout.nbytes
-                    skip = max(0, after_seq - txn.seq + 1)  # its seqs <= after_seq
-                    if skip < count:
-                        rows = [d if not skip else Delta._new(
-                            None if d.indices is None else d.indices[skip:],
-                            None if d.mask is None else d.mask[skip:], d.values[skip:],
-                            d.page, d.kind, d.op, d.count, d.unique) for d in stacked]
-                        yield StackedRun(txn.seq + skip, count - skip, tuple(rows),
-                                         txn.deltas)
+            # records one by one until a run of one structure is decoded at once; then on
+            # from the end of the run
+            for _, rec_end, rec in fmt.iter_records(view, pos, end, seg.salt):
+                pos = rec_end
+                if rec.type == fmt.SCHEMA:
+                    txn_start = rec_end
                     continue
-            if txn.seq > after_seq:
-                yield txn
+                if rec.seq > to_seq:
+                    return
+                if rec.type == fmt.DELTA:
+                    deltas.append(rec.value)
+                    continue
+                if rec.type == fmt.DERIVED:
+                    derived = rec.value
+                    continue
+                txn = Transaction(rec.seq, tuple(deltas), derived, rec.value[2])
+                deltas, derived = [], ()
+                start, txn_start = txn_start, rec_end
+                count = 0
+                if (max_run >= 2 and txn.deltas and txn.seq < to_seq
+                        and fmt.next_looks_alike(view, start, rec_end, end)):
+                    key = fmt.layout_key(txn.deltas, txn.derived)
+                    layout = layouts.get(key)
+                    if layout is None:
+                        layout = layouts[key] = fmt.TxnLayout(txn.deltas, txn.derived)
+                    # the run starts with this transaction itself (decoded again, stacked)
+                    count, stacked = layout.decode_run(view, start, end, seg.salt, txn.seq,
+                                                       min(max_run, to_seq - txn.seq + 1))
+                if not count:
+                    if txn.seq > after_seq:
+                        yield txn
+                    continue
+                pos = txn_start = start + count * layout.nbytes
+                skip = max(0, after_seq - txn.seq + 1)  # its transactions with seq <= after_seq
+                if skip < count:
+                    yield StackedRun(txn.seq + skip, count - skip,
+                                     tuple(slice_stacked(stacked, skip, count)), txn.deltas)
+                break
     except FormatError as e:
         raise LogCorruptError(0, str(seg.path), f"changed while being read: {e}") from e
 

@@ -455,17 +455,17 @@ def test_decode_run_inverts_encode_run(d, n, seq, derived):
     layout = fmt.TxnLayout(txns[0], names)
     stacked = stack_transactions(txns)
     blob = layout.encode_run(77, seq, stacked, 5)
-    count, got = layout.decode_run(blob, 0, len(blob), 77, seq, txns[0], 100)
+    count, got = layout.decode_run(blob, 0, len(blob), 77, seq, 100)
     assert count == n
     for a, b in zip(got, stacked, strict=True):
         assert (a.page, a.kind, a.op, a.count) == (b.page, b.kind, b.op, b.count)
         for field in ("indices", "mask", "values"):
             assert _same_bytes(getattr(a, field), getattr(b, field))
     # capped, wrong first seq, other salt: fewer or none
-    assert layout.decode_run(blob, 0, len(blob), 77, seq, txns[0], 2)[0] == 2
-    assert layout.decode_run(blob, 0, len(blob), 77, seq + 1, txns[0], 100)[0] == 0
+    assert layout.decode_run(blob, 0, len(blob), 77, seq, 2)[0] == 2
+    assert layout.decode_run(blob, 0, len(blob), 77, seq + 1, 100)[0] == 0
     with pytest.raises(FormatError, match="CRC"):
-        layout.decode_run(blob, 0, len(blob), 78, seq, txns[0], 100)
+        layout.decode_run(blob, 0, len(blob), 78, seq, 100)
 
 
 def _full(op: str, v: float) -> list[mm.Delta]:
@@ -479,14 +479,14 @@ def test_decode_run_stops_at_another_structure_of_the_same_size():
     blob = b"".join(layout.encode(9, 1 + i, t, 0) if t[0].op == "add"
                     else fmt.TxnLayout(t).encode(9, 1 + i, t, 0) for i, t in enumerate(txns))
     assert len(blob) == 5 * layout.nbytes
-    count, got = layout.decode_run(blob, 0, len(blob), 9, 1, txns[0], 100)
+    count, got = layout.decode_run(blob, 0, len(blob), 9, 1, 100)
     assert count == 3 and got[0].values[:, 0].tolist() == [1, 2, 3]
     # from the "mul" one, a layout of "add" refuses at once
-    assert layout.decode_run(blob, 3 * layout.nbytes, len(blob), 9, 4, txns[0], 100)[0] == 0
+    assert layout.decode_run(blob, 3 * layout.nbytes, len(blob), 9, 4, 100)[0] == 0
     # a gap in the seqs ends the run
     gap = layout.encode(9, 1, txns[0], 0) + layout.encode(9, 2, txns[1], 0) + layout.encode(
         9, 4, txns[2], 0)
-    assert layout.decode_run(gap, 0, len(gap), 9, 1, txns[0], 100)[0] == 2
+    assert layout.decode_run(gap, 0, len(gap), 9, 1, 100)[0] == 2
 
 
 def test_decode_run_refuses_a_changed_leaf_byte():
@@ -495,7 +495,7 @@ def test_decode_run_refuses_a_changed_leaf_byte():
     blob = bytearray(b"".join(layout.encode(9, 1 + i, t, 0) for i, t in enumerate(txns)))
     blob[2 * layout.nbytes + fmt.REC_HEADER_SIZE + 40] ^= 1  # a value byte of seq 3
     with pytest.raises(FormatError, match="CRC mismatch in transaction 3"):
-        layout.decode_run(bytes(blob), 0, len(blob), 9, 1, txns[0], 100)
+        layout.decode_run(bytes(blob), 0, len(blob), 9, 1, 100)
 
 
 def _run_segment(tmp_path, n: int = 30):
