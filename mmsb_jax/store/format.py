@@ -30,6 +30,7 @@ __all__ = [
     "DERIVED",
     "HEADER_SIZE",
     "KIND_CODES",
+    "LayoutCache",
     "MAGIC",
     "MAX_DIM",
     "MAX_DTYPE_NAME",
@@ -176,6 +177,13 @@ def _le_bytes(arr: np.ndarray) -> bytes:
     if order == ">" or (order == "=" and _BIG_ENDIAN_HOST and arr.dtype.itemsize > 1):
         arr = arr.byteswap()  # the bytes on disk are little-endian
     return arr.tobytes()  # C order whatever the array's layout
+
+
+def _native_le(dtype: np.dtype) -> bool:
+    """Whether an array of ``dtype`` already holds the little-endian bytes the log stores."""
+    order = dtype.byteorder
+    return (order in "|<" or dtype.itemsize == 1
+            or (order == "=" and not _BIG_ENDIAN_HOST))
 
 
 def _name_bytes(name: str, what: str) -> bytes:
@@ -357,6 +365,15 @@ class TxnLayout:
                 raise FormatError(f"record body of {n} bytes outside the caps")
         self.nbytes = sum(self.sizes) + REC_HEADER_SIZE * len(self.sizes)
         self._frame_crcs: dict[int, list[int]] = {}
+        # One full or rows delta whose leaves are native little-endian (the usual commit):
+        # encode() joins the arrays' buffers directly, checking each leaf's dtype object.
+        self._one: tuple[Any, Any] | None = None
+        if len(deltas) == 1 and self.derived_tail is None and self.kinds[0] != 1:
+            d = deltas[0]
+            vdt = np.asarray(d.values).dtype
+            idt = None if d.indices is None else np.asarray(d.indices).dtype
+            if _native_le(vdt) and (idt is None or (idt == np.int32 and _native_le(idt))):
+                self._one = (idt, vdt)
         self._tmpl: tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _prefix_crcs(self, salt: int) -> list[int]:
@@ -370,7 +387,29 @@ class TxnLayout:
     def encode(self, salt: int, seq: int, deltas: Sequence[Delta], timestamp_ns: int) -> bytes:
         """The framed bytes of one transaction (as :func:`encode_transaction`)."""
         prefix = _BODY_PREFIX.pack(DELTA, seq)
-        crcs = self._prefix_crcs(salt)
+        crcs = self._frame_crcs.get(salt) or self._prefix_crcs(salt)
+        one = self._one
+        if one is not None:
+            d = deltas[0]
+            values: Any = np.asarray(d.values)  # a buffer for join (Any: numpy's stubs lack it)
+            body = None
+            try:
+                if one[0] is None:
+                    if values.dtype is one[1]:
+                        body = b"".join((prefix, self.heads[0], values))
+                else:
+                    idx: Any = np.asarray(d.indices)
+                    if values.dtype is one[1] and idx.dtype is one[0]:
+                        body = b"".join((prefix, self.heads[0], idx, values))
+            except TypeError:  # a leaf that is not C-contiguous: the general path copies it
+                pass
+            if body is not None:
+                size, csize = self.sizes
+                if len(body) != size:
+                    raise FormatError(f"delta on {d.page!r} does not match its layout")
+                commit = _COMMIT.pack(COMMIT, seq, 1, _crc_extend(0, body), timestamp_ns)
+                return b"".join((_REC.pack(size, _crc_extend(crcs[0], body)), body,
+                                 _REC.pack(csize, _crc_extend(crcs[1], commit)), commit))
         parts: list[bytes] = []
         txn_crc = 0
         for i, d in enumerate(deltas):
@@ -619,6 +658,49 @@ class TxnLayout:
             values = raw.view(read).reshape(count, *shape)
             out.append(Delta._new(indices, mask, values, page, kind, op, n_user, False))
         return count, out
+
+
+class LayoutCache:
+    """:class:`TxnLayout` by transaction structure, for writers that are not given one.
+
+    ``TLog.append`` without a ``layout`` looks its structure up here, so a repeated structure
+    encodes with its cached headers (the bytes :func:`encode_transaction` writes). A
+    structure the cache cannot vouch for (index leaves that are not int32, a mask that is not
+    bool, a delta the format refuses) gets ``None``: the caller then encodes it the long way,
+    which raises the format's error where there is one.
+
+    Args:
+      max_size: structures kept; the cache is emptied when it is full.
+    """
+
+    def __init__(self, max_size: int = 256):
+        self.max_size = max_size
+        self._layouts: dict[tuple, TxnLayout] = {}
+
+    def get(self, deltas: Sequence[Delta], derived: Sequence[str] = ()) -> TxnLayout | None:
+        """The layout of ``deltas`` (and ``derived``), built on first use, or None."""
+        try:
+            key = (tuple(derived), *[
+                (d.page, d.kind, d.op, d.count, d.values.shape, d.values.dtype.str,
+                 None if d.indices is None else (d.indices.shape, d.indices.dtype.str),
+                 None if d.mask is None else (d.mask.shape, d.mask.dtype.str))
+                for d in deltas])
+        except AttributeError:  # leaves that are not arrays
+            return None
+        layout = self._layouts.get(key)
+        if layout is None:
+            for d in deltas:
+                if ((d.indices is not None and np.dtype(d.indices.dtype) != np.int32)
+                        or (d.mask is not None and np.dtype(d.mask.dtype) != np.bool_)):
+                    return None  # TxnLayout.encode writes index and mask leaves as they are
+            try:
+                layout = TxnLayout(deltas, derived)
+            except FormatError:
+                return None
+            if len(self._layouts) >= self.max_size:
+                self._layouts.clear()
+            self._layouts[key] = layout
+        return layout
 
 
 def layout_key(deltas: Sequence[Delta], derived: Sequence[str] = ()) -> tuple:

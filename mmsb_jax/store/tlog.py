@@ -296,6 +296,7 @@ class TLog:
         # the pending transaction of write-behind: (first_seq, count, nbytes, encode)
         self._behind: tuple[int, int, int, Callable[[int], bytes]] | None = None
         self.fsyncs = 0
+        self._layouts = fmt.LayoutCache()
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -474,6 +475,9 @@ class TLog:
           timestamp_ns: commit time (default: now).
           layout: the cached :class:`~mmsb_jax.store.format.TxnLayout` of this transaction's
             structure (built for ``deltas`` and ``derived``); skips rebuilding the headers.
+            Without one the log looks the structure up in its own
+            :class:`~mmsb_jax.store.format.LayoutCache` (same bytes; only an append given a
+            layout is deferred under write-behind).
 
         Raises:
           StoreError: wrong seq, closed/read-only log, or an I/O error. FormatError: a delta
@@ -481,12 +485,18 @@ class TLog:
         """
         ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
         seq = int(seq)
+        defer = False
         if layout is not None:
             if self.write_behind:
                 deltas = [_pinned(d) for d in deltas]
-            return self.append_encoded(
-                seq, 1, layout.nbytes, lambda salt: layout.encode(salt, seq, deltas, ts),
-                defer=self.write_behind)
+                defer = True
+        else:
+            layout = self._layouts.get(deltas, derived)
+        if layout is not None:
+            lay = layout
+            return self.append_encoded(seq, 1, lay.nbytes,
+                                       lambda salt: lay.encode(salt, seq, deltas, ts),
+                                       defer=defer)
         bodies = fmt.transaction_bodies(seq, deltas, derived, ts)
         need = fmt.REC_HEADER_SIZE * len(bodies) + sum(map(len, bodies))
         return self.append_encoded(seq, 1, need, lambda salt: fmt.frame_all(salt, bodies))
@@ -508,10 +518,13 @@ class TLog:
           transactions are in the log, or (on an I/O error, :class:`StoreError`) none of them.
         """
         with self._lock:
-            self._check_writable()
-            self._flush_locked()
-            if first_seq != self.last_seq + 1:
-                raise StoreError(f"append seq {first_seq}, expected {self.last_seq + 1}")
+            if self._closed or self.readonly or self._broken:
+                self._check_writable()
+            if self._behind is not None:
+                self._flush_locked()
+            last = self._segments[-1].last_seq if self._segments else 0
+            if first_seq != last + 1:
+                raise StoreError(f"append seq {first_seq}, expected {last + 1}")
             if defer and self.write_behind:
                 self._behind = (first_seq, count, nbytes, encode)
                 return nbytes

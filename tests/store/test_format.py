@@ -468,6 +468,37 @@ def test_decode_run_inverts_encode_run(d, n, seq, derived):
         layout.decode_run(blob, 0, len(blob), 78, seq, 100)
 
 
+def _as_leaves(d: mm.Delta, how: str) -> mm.Delta:
+    """``d`` with the same leaf values held another way: big-endian, strided, as JAX arrays."""
+    def conv(x):
+        if x is None or x.dtype == np.bool_:
+            return x
+        if how == "big_endian":
+            return x.astype(x.dtype.newbyteorder(">"))
+        if how == "strided":
+            return np.repeat(x, 2, axis=0)[::2] if x.ndim else x
+        return jnp.asarray(x) if x.dtype.itemsize <= 4 else x
+
+    return mm.Delta._new(None if d.indices is None else conv(d.indices), d.mask, conv(d.values),
+                         d.page, d.kind, d.op, d.count, d.unique)
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=deltas(), seq=st.integers(1, 2**40), derived=st.booleans(),
+       how=st.sampled_from(["same", "big_endian", "strided", "jax"]))
+def test_layout_encode_equals_encode_transaction(d, seq, derived, how):
+    """A cached layout writes the bytes of the long path for any holder of the leaf values
+    (its one-delta fast path joins native buffers; other leaves take the general path)."""
+    names = ("a",) if derived else ()
+    layout = fmt.TxnLayout([d], names)
+    assert (layout._one is not None) == (not derived and d.kind != "masked")  # the fast path
+    other = _as_leaves(d, how)
+    want = fmt.encode_transaction(7, seq, [d], names, 11)
+    assert layout.encode(7, seq, [d], 11) == want
+    assert layout.encode(7, seq, [other], 11) == want
+    assert fmt.encode_transaction(7, seq, [other], names, 11) == want
+
+
 def _full(op: str, v: float) -> list[mm.Delta]:
     return [mm.Delta.full("w", np.full(4, v, np.float32), op=op)]
 

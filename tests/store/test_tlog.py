@@ -149,6 +149,39 @@ def test_bad_options_and_inputs(tmp_path):
     assert same_txns(read_all(tmp_path / "a"), 1)
 
 
+def test_append_without_a_layout_caches_one_and_writes_the_same_bytes(tmp_path):
+    """A repeated structure is encoded from a cached TxnLayout: the file holds exactly the
+    bytes of encode_transaction; leaves the layout would write differently (int64 indices)
+    and deltas the format refuses take the long path (the same bytes, the same error)."""
+    wide = mm.Delta._new(np.array([1, 3], np.int64), None, np.array([5, 6], np.int32), "x",
+                         "rows", "add", 1, False)
+    txns = [txn(s) for s in range(1, 9)] + [[wide], [wide]]
+    with TLog.open(tmp_path, SCHEMA, sync="never") as log:
+        for s, ds in enumerate(txns, 1):
+            log.append(s, ds, timestamp_ns=s)
+        assert len(log._layouts._layouts) == 4  # txn(s) has 4 structures; `wide` has none
+        with pytest.raises(FormatError):
+            log.append(11, [mm.Delta.full("y" * 200, np.zeros(2, np.float32))])
+    seg = segment_paths(tmp_path)[0].read_bytes()
+    body = b"".join(fmt.encode_transaction(fmt.decode_header(seg[:fmt.HEADER_SIZE]).salt, s, ds,
+                                           (), s) for s, ds in enumerate(txns, 1))
+    assert seg.endswith(body)
+    assert [t.seq for t in read_all(tmp_path)] == list(range(1, 11))
+
+
+def test_layout_cache_is_bounded():
+    cache = fmt.LayoutCache(max_size=2)
+    for n in range(1, 5):
+        d = [mm.Delta.full("x", np.zeros(n, np.int32))]
+        lay = cache.get(d)
+        assert lay is not None and cache.get(d) is lay
+        assert lay.encode(1, 1, d, 0) == fmt.encode_transaction(1, 1, d)
+        assert len(cache._layouts) <= 2
+    not_bool = mm.Delta._new(None, np.ones(2, np.uint8), np.ones(2, np.int32), "x", "masked",
+                             "set", 1, False)
+    assert cache.get([not_bool]) is None
+
+
 # -- segments ----------------------------------------------------------------------------------
 
 
