@@ -3,20 +3,10 @@
 Every change follows ``state x delta -> state'``; see ``docs/`` for the concepts.
 """
 
-from mmsb_jax import (
-    adaptive,
-    agents,
-    apps,
-    core,
-    errors,
-    intention,
-    kernels,
-    planning,
-    reasoning,
-    runtime,
-    store,
-    utility,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from mmsb_jax import core, errors, kernels, runtime, store
 from mmsb_jax._version import __version__
 from mmsb_jax.core import semiring
 from mmsb_jax.core.delta import (
@@ -75,3 +65,22 @@ __all__ = [
     "store",
     "utility",
 ]
+
+# The layers above the runtime load on first use (``mm.agents``, ``from mmsb_jax import
+# planning``): a script that only needs the Bus does not import flax, optax or mctx.
+_LAZY = ("adaptive", "agents", "apps", "intention", "planning", "reasoning", "utility")
+
+if TYPE_CHECKING:
+    from mmsb_jax import adaptive, agents, apps, intention, planning, reasoning, utility
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"mmsb_jax.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'mmsb_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -62,6 +62,24 @@ def test_importing_the_library_imports_no_optional_dependency():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_upper_layers_load_on_first_use():
+    """``import mmsb_jax`` loads the Bus's layers only (no flax, optax, mctx); ``mm.agents``
+    and ``from mmsb_jax import planning`` then load theirs."""
+    code = ("import sys, mmsb_jax as mm\n"
+            "heavy = ('flax', 'optax', 'mctx', 'mmsb_jax.agents', 'mmsb_jax.planning')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n"
+            "assert {'agents', 'planning', 'reasoning'} <= set(dir(mm))\n"
+            "from mmsb_jax import planning\n"
+            "assert mm.agents.PPOConfig is sys.modules['mmsb_jax.agents'].PPOConfig\n"
+            "assert mm.planning is planning and 'flax' in sys.modules\n"
+            "try:\n    mm.no_such_layer\nexcept AttributeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    first, second = out.stdout.strip().splitlines()
+    assert first == "[]"
+    assert second == "module 'mmsb_jax' has no attribute 'no_such_layer'"
+
+
 @pytest.fixture
 def hide(monkeypatch):
     """Make modules unimportable, as when their extra is not installed."""
