@@ -64,6 +64,15 @@ def make_manifest(seq: int, state: State, schema: Schema,
     }
 
 
+def _has_step_dirs(directory: Path) -> bool:
+    """Whether ``directory`` holds an entry named by a step number (complete or not)."""
+    try:
+        with os.scandir(directory) as entries:
+            return any(e.name.split(".", 1)[0].isdigit() for e in entries)
+    except FileNotFoundError:
+        return False
+
+
 def _restrict_permissions(path: Path) -> None:
     """``0700`` on directories and ``0600`` on files under ``path`` (inclusive)."""
     for root, dirs, files in os.walk(path):
@@ -92,7 +101,6 @@ class CheckpointStore:
                  readonly: bool = False, async_save: bool = True):
         if keep is not None and int(keep) < 1:
             raise OptionError(f"keep must be >= 1 (or None), got {keep}")
-        ocp = _ocp()
         self.directory = Path(directory).absolute()
         self.readonly = readonly
         if readonly:
@@ -100,25 +108,39 @@ class CheckpointStore:
                 raise StoreError(f"no checkpoint directory at {self.directory}")
         else:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        from orbax.checkpoint.checkpoint_managers import LatestN
-
-        options = ocp.CheckpointManagerOptions(
-            create=False,
-            preservation_policy=LatestN(None if keep is None else int(keep)),
-            enable_async_checkpointing=async_save and not readonly,
-            file_options=ocp.options.FileOptions(path_permission_mode=0o700),
-            cleanup_tmp_directories=False,
-        )
-        self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS,
-                                              options=options)
+        self._keep = None if keep is None else int(keep)
+        self._async = async_save and not readonly
         self._lock = threading.RLock()
         self._pending: list[int] = []
         self._closed = False
+        # The Orbax manager (and Orbax itself, ~0.2 s to import) is made on first use: a bus
+        # that has no checkpoint yet opens, commits and recovers without it.
+        self._orbax: Any = None
+
+    @property
+    def _manager(self) -> Any:
+        manager = self._orbax
+        if manager is None:
+            ocp = _ocp()
+            from orbax.checkpoint.checkpoint_managers import LatestN
+
+            options = ocp.CheckpointManagerOptions(
+                create=False,
+                preservation_policy=LatestN(self._keep),
+                enable_async_checkpointing=self._async,
+                file_options=ocp.options.FileOptions(path_permission_mode=0o700),
+                cleanup_tmp_directories=False,
+            )
+            manager = self._orbax = ocp.CheckpointManager(self.directory, item_names=_ITEMS,
+                                                          options=options)
+        return manager
 
     # -- listing ----------------------------------------------------------------------------
     def steps(self) -> list[int]:
         """Seqs of the complete checkpoints, ascending."""
         with self._lock:
+            if self._orbax is None and not _has_step_dirs(self.directory):
+                return []  # nothing Orbax could list (a step is a directory named by its seq)
             if self.readonly:  # another process may have saved since; a writer knows its own
                 self._manager.reload()
             return sorted(int(s) for s in self._manager.all_steps())
@@ -202,6 +224,8 @@ class CheckpointStore:
     def wait(self) -> list[int]:
         """Block until pending saves are durable; returns their seqs."""
         with self._lock:
+            if self._orbax is None:
+                return []  # nothing was saved through this store
             self._manager.wait_until_finished()
             done, self._pending = self._pending, []
             for s in done:
@@ -296,7 +320,8 @@ class CheckpointStore:
             self._closed = True
             if not self.readonly:
                 self.wait()
-            self._manager.close()
+            if self._orbax is not None:
+                self._orbax.close()
 
     def __enter__(self) -> CheckpointStore:
         return self

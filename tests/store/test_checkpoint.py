@@ -161,3 +161,38 @@ def test_failed_save_is_a_store_error(tmp_path, monkeypatch):
         assert store.steps() == []
         store.save(1, sample_state(), SCHEMA)
         assert store.steps() == [1]
+
+
+def test_orbax_is_loaded_only_once_a_checkpoint_is_needed(tmp_path):
+    """A bus with no checkpoint opens, commits, recovers and closes without importing Orbax
+    (~0.2 s a process); the first save, or a directory holding a step, loads it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, mmsb_jax as mm\n"
+        "from mmsb_jax.store.checkpoint import CheckpointStore\n"
+        "d, mode = sys.argv[1], sys.argv[2]\n"
+        "S = mm.Schema([mm.PageSpec('p', (4,), 'float32')])\n"
+        "d1 = mm.Delta.full('p', np.ones(4, np.float32), op='add')\n"
+        "with mm.Bus.open(d, S) as bus:\n"
+        "    bus.commit(d1)\n"
+        "    if mode == 'save':\n"
+        "        bus.checkpoint()\n"
+        "        bus.commit(d1)\n"
+        "with mm.Bus.open(d) as bus:\n"
+        "    seq, page = bus.seq, bus.state.pages['p'].tolist()\n"
+        "    steps = CheckpointStore(d + '/checkpoints', readonly=True).steps()\n"
+        "print(seq, page[0], steps, 'orbax' in sys.modules)\n")
+
+    def run(directory, mode):
+        return subprocess.run([sys.executable, "-c", code, str(directory), mode],
+                              capture_output=True, text=True, check=True,
+                              timeout=300).stdout.split()
+
+    assert run(tmp_path / "a", "plain") == ["1", "1.0", "[]", "False"]
+    assert run(tmp_path / "a", "plain") == ["2", "2.0", "[]", "False"]  # reopened twice
+    assert run(tmp_path / "b", "save") == ["2", "2.0", "[1]", "True"]
+    # a step directory on disk (even an unfinished one) is Orbax's to judge
+    (tmp_path / "a" / "checkpoints" / "9.orbax-checkpoint-tmp-1").mkdir()
+    assert run(tmp_path / "a", "plain") == ["3", "3.0", "[]", "True"]
