@@ -930,8 +930,22 @@ def parse_body(body: memoryview | bytes, *, arrays: bool = True) -> Record:
       FormatError: unknown type, a length field over its cap or over the bytes left, bad
         names, dtypes, JSON, or trailing bytes.
     """
-    r = _Reader(memoryview(body))
-    rtype, seq = r.unpack(_BODY_PREFIX, "record prefix")
+    view = body if type(body) is memoryview else memoryview(body)
+    n = len(view)
+    if n < _BODY_PREFIX.size:
+        raise _short("record prefix", _BODY_PREFIX.size, n)
+    rtype, seq = _BODY_PREFIX.unpack_from(view, 0)
+    # the two record types of every transaction, without a cursor object
+    if rtype == DELTA:
+        return Record(rtype, seq, _parse_delta(view, _BODY_PREFIX.size, arrays))
+    if rtype == COMMIT:
+        left = n - _BODY_PREFIX.size
+        if left < _COMMIT_FIELDS.size:
+            raise _short("commit fields", _COMMIT_FIELDS.size, left)
+        if left > _COMMIT_FIELDS.size:
+            raise FormatError(f"{left - _COMMIT_FIELDS.size} trailing bytes in a COMMIT record")
+        return Record(rtype, seq, _COMMIT_FIELDS.unpack_from(view, _BODY_PREFIX.size))
+    r = _Reader(view, _BODY_PREFIX.size)
     if rtype == SCHEMA:
         raw = bytes(r.take(r.left(), "schema json"))
         if len(raw) > MAX_SCHEMA_JSON:
@@ -945,13 +959,9 @@ def parse_body(body: memoryview | bytes, *, arrays: bool = True) -> Record:
             value: Any = (Schema.from_json(doc["schema"]), doc["graph"])
         except (UnicodeDecodeError, json.JSONDecodeError, SchemaError) as e:
             raise FormatError(f"bad schema record: {e}") from e
-    elif rtype == DELTA:
-        return Record(rtype, seq, _parse_delta(r.buf, r.pos, arrays))
     elif rtype == DERIVED:
-        (n,) = r.unpack(_U16, "derived count")
-        value = tuple(_name(r, _U16, "derived page name") for _ in range(n))
-    elif rtype == COMMIT:
-        value = r.unpack(_COMMIT_FIELDS, "commit fields")
+        (count,) = r.unpack(_U16, "derived count")
+        value = tuple(_name(r, _U16, "derived page name") for _ in range(count))
     else:
         raise FormatError(f"unknown record type {rtype}")
     if r.left():
