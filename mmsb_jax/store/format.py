@@ -663,11 +663,12 @@ class TxnLayout:
 class LayoutCache:
     """:class:`TxnLayout` by transaction structure, for writers that are not given one.
 
-    ``TLog.append`` without a ``layout`` looks its structure up here, so a repeated structure
-    encodes with its cached headers (the bytes :func:`encode_transaction` writes). A
-    structure the cache cannot vouch for (index leaves that are not int32, a mask that is not
-    bool, a delta the format refuses) gets ``None``: the caller then encodes it the long way,
-    which raises the format's error where there is one.
+    Keyed by :func:`layout_key`. ``TLog.append`` without a ``layout`` looks its structure up
+    here, so a repeated structure encodes with its cached headers (the bytes
+    :func:`encode_transaction` writes); the scan at open and the log's readers find the
+    layout that decodes a run here. A structure the cache cannot vouch for (index leaves that
+    are not int32, a delta the format refuses) gets ``None``: the caller then takes the long
+    path, which raises the format's error where there is one.
 
     Args:
       max_size: structures kept; the cache is emptied when it is full.
@@ -680,21 +681,16 @@ class LayoutCache:
     def get(self, deltas: Sequence[Delta], derived: Sequence[str] = ()) -> TxnLayout | None:
         """The layout of ``deltas`` (and ``derived``), built on first use, or None."""
         try:
-            key = (tuple(derived), *[
-                (d.page, d.kind, d.op, d.count, d.values.shape, d.values.dtype.str,
-                 None if d.indices is None else (d.indices.shape, d.indices.dtype.str),
-                 None if d.mask is None else (d.mask.shape, d.mask.dtype.str))
-                for d in deltas])
+            key = layout_key(deltas, derived)
         except AttributeError:  # leaves that are not arrays
             return None
         layout = self._layouts.get(key)
         if layout is None:
-            for d in deltas:
-                if ((d.indices is not None and np.dtype(d.indices.dtype) != np.int32)
-                        or (d.mask is not None and np.dtype(d.mask.dtype) != np.bool_)):
-                    return None  # TxnLayout.encode writes index and mask leaves as they are
+            if any(d.indices is not None and np.dtype(d.indices.dtype) != np.int32
+                   for d in deltas):
+                return None  # TxnLayout.encode writes the index leaf as it is
             try:
-                layout = TxnLayout(deltas, derived)
+                layout = TxnLayout(deltas, derived)  # a mask that is not bool is refused here
             except FormatError:
                 return None
             if len(self._layouts) >= self.max_size:
@@ -705,10 +701,11 @@ class LayoutCache:
 
 def layout_key(deltas: Sequence[Delta], derived: Sequence[str] = ()) -> tuple:
     """What makes two logged transactions encode alike (their :class:`TxnLayout`): leaf
-    shapes, dtypes, statics and the DERIVED names."""
+    shapes and dtypes, statics and the DERIVED names."""
     return (tuple((d.page, d.kind, d.op, d.count, d.values.shape, d.values.dtype.str,
-                   None if d.indices is None else d.indices.shape,
-                   None if d.mask is None else d.mask.shape) for d in deltas), tuple(derived))
+                   None if d.indices is None else (d.indices.shape, d.indices.dtype.str),
+                   None if d.mask is None else (d.mask.shape, d.mask.dtype.str))
+                  for d in deltas), tuple(derived))
 
 
 #: A run is decoded only when this many transactions after one look like it: decoding costs
@@ -1137,18 +1134,16 @@ def find_valid_record(buf: bytes | memoryview, start: int, salt: int, lo_seq: in
 
 def _scan_run(view: memoryview, start: int, end: int, salt: int, info: TxnInfo,
               bodies: list[memoryview], derived: tuple[str, ...],
-              layouts: dict[tuple, TxnLayout], out: SegmentScan) -> int:
+              layouts: LayoutCache, out: SegmentScan) -> int:
     """Validate, as one run, the transactions from ``start`` that encode like the one just
     scanned (``info``, its DELTA ``bodies``): every byte :func:`scan_segment` would check,
     with numpy (:meth:`TxnLayout.decode_run`). Appends their :class:`TxnInfo` and returns
     how many; 0 if none or if anything does not check out (the per-record scan then finds
     exactly where and why)."""
     try:
-        template = [parse_body(b).value for b in bodies]
-        key = layout_key(template, derived)
-        layout = layouts.get(key)
+        layout = layouts.get([parse_body(b).value for b in bodies], derived)
         if layout is None:
-            layout = layouts[key] = TxnLayout(template, derived)
+            return 0
         size = layout.nbytes
         count, _ = layout.decode_run(view, start, end, salt, info.seq + 1,
                                      (end - start) // size, arrays=False)
@@ -1212,7 +1207,7 @@ def scan_segment(buf: bytes | memoryview, *, expected_segment: int | None = None
     bodies: list[memoryview] = []  # of the pending DELTA records, to decode a run's template
     pending_crc = 0
     have_schema = False
-    layouts: dict[tuple, TxnLayout] = {}
+    layouts = LayoutCache()
 
     def fail(at: int, why: str) -> SegmentScan:
         out.bad_offset, out.reason = at, why

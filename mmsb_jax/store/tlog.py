@@ -817,7 +817,7 @@ def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int, max_run: i
         raise LogCorruptError(len(buf), str(seg.path), "segment shrank while being read")
     view = memoryview(buf)
     end = seg.end
-    layouts: dict[tuple, fmt.TxnLayout] = {}
+    layouts = fmt.LayoutCache()
     deltas: list[Delta] = []
     derived: tuple[str, ...] = ()
     pos = txn_start = fmt.HEADER_SIZE
@@ -842,16 +842,15 @@ def _segment_transactions(seg: _Segment, after_seq: int, to_seq: int, max_run: i
                 deltas, derived = [], ()
                 start, txn_start = txn_start, rec_end
                 count = 0
+                layout = None
                 if (max_run >= 2 and txn.deltas and txn.seq < to_seq
                         and fmt.next_looks_alike(view, start, rec_end, end)):
-                    key = fmt.layout_key(txn.deltas, txn.derived)
-                    layout = layouts.get(key)
-                    if layout is None:
-                        layout = layouts[key] = fmt.TxnLayout(txn.deltas, txn.derived)
+                    layout = layouts.get(txn.deltas, txn.derived)
+                if layout is not None:
                     # the run starts with this transaction itself (decoded again, stacked)
                     count, stacked = layout.decode_run(view, start, end, seg.salt, txn.seq,
                                                        min(max_run, to_seq - txn.seq + 1))
-                if not count:
+                if layout is None or not count:
                     if txn.seq > after_seq:
                         yield txn
                     continue
