@@ -226,9 +226,20 @@ class Pipeline:
         """
         if not affected:
             return ()
-        new = jax.device_get([after.epochs[n] for n in affected])
-        old = jax.device_get([before.epochs[n] for n in affected])
-        return tuple(n for n, a, b in zip(affected, new, old, strict=True) if a != b)
+        return changed_pages(affected, [before.epochs[n] for n in affected],
+                             [after.epochs[n] for n in affected])
+
+
+def changed_pages(affected: Sequence[str], before: Sequence[Any], after: Sequence[Any]
+                  ) -> tuple[str, ...]:
+    """Those of ``affected`` whose epoch moved from ``before`` to ``after``.
+
+    Args:
+      affected: page names.
+      before, after: their epochs (``int32[]`` arrays or ints), one per page; blocks on them.
+    """
+    old, new = jax.device_get((list(before), list(after)))
+    return tuple(n for n, a, b in zip(affected, new, old, strict=True) if a != b)
 
 
 #: Whether reference counts tell when a State's buffers are held by nothing else: CPython

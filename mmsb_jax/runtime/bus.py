@@ -57,6 +57,7 @@ from mmsb_jax.runtime._pipeline import (
     Run,
     StateHolder,
     as_transaction,
+    changed_pages,
     resolve_schema,
     sole_owner,
 )
@@ -78,6 +79,24 @@ log = logging.getLogger("mmsb_jax.runtime")
 Callback = Callable[["CommitInfo", State], Any]
 
 
+class _Derived:
+    """The ``derived`` field of :class:`CommitInfo`: read when first asked for.
+
+    A non-data descriptor (``functools.cached_property``'s mechanism): an info built with its
+    derived pages known holds them in its ``__dict__``, which takes precedence; one built with
+    them pending (a bus with a graph, where they are known only once propagation has run) holds
+    the epochs to compare under ``_pending`` and resolves them on the first read.
+    """
+
+    def __get__(self, info: CommitInfo | None, owner: type | None = None) -> tuple[str, ...]:
+        if info is None:  # the class attribute: the field's default
+            return ()
+        d = info.__dict__
+        value = changed_pages(*d["_pending"])
+        d["derived"] = value  # later reads find it here, not in this descriptor
+        return value
+
+
 @dataclasses.dataclass(frozen=True)
 class CommitInfo:
     """What one :meth:`Bus.commit` did.
@@ -86,7 +105,10 @@ class CommitInfo:
       seq: the commit's sequence number (1, 2, ...).
       bytes_logged: bytes appended to the log for this transaction.
       pages: base pages the transaction's deltas touched, in first-touch order.
-      derived: derived pages recomputed by propagation (``()`` without a graph).
+      derived: derived pages whose value propagation changed (``()`` without a graph; a
+        recomputed page whose value stayed the same is cut off and not listed). On a bus
+        with a graph, :meth:`Bus.commit` returns without waiting for propagation: the first
+        read of ``derived`` waits for it (so do ``==``, ``hash``, ``repr`` and pickling).
       durable: True if the transaction was fsynced before ``commit`` returned (``sync="always"``).
       timestamp_ns: commit time, ns since the Unix epoch (also stored in the log).
       seconds: wall time of the commit (for :meth:`Bus.commit_many`: of the whole call).
@@ -95,22 +117,30 @@ class CommitInfo:
     seq: int
     bytes_logged: int
     pages: tuple[str, ...]
-    derived: tuple[str, ...] = ()
+    derived: tuple[str, ...] = _Derived()  # type: ignore[assignment]
     durable: bool = False
     timestamp_ns: int = 0
     seconds: float = 0.0
 
     @classmethod
     def _make(cls, seq: int, bytes_logged: int, pages: tuple[str, ...],
-              derived: tuple[str, ...], durable: bool, timestamp_ns: int,
-              seconds: float) -> CommitInfo:
+              derived: tuple[str, ...] | tuple[tuple[str, ...], list, list], durable: bool,
+              timestamp_ns: int, seconds: float, *, pending: bool = False) -> CommitInfo:
         """The same object as ``CommitInfo(...)`` in half the time (no frozen-dataclass
-        ``__setattr__`` per field): the commit hot path builds one per transaction."""
+        ``__setattr__`` per field): the commit hot path builds one per transaction.
+
+        With ``pending``, ``derived`` is ``(affected, epochs before, epochs after)``: the
+        derived pages are resolved from those epoch arrays on first read."""
         info = object.__new__(cls)
         info.__dict__.update(seq=seq, bytes_logged=bytes_logged, pages=pages,
-                             derived=derived, durable=durable, timestamp_ns=timestamp_ns,
-                             seconds=seconds)
+                             durable=durable, timestamp_ns=timestamp_ns, seconds=seconds)
+        info.__dict__["_pending" if pending else "derived"] = derived
         return info
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__, derived=self.derived)
+        state.pop("_pending", None)
+        return state
 
 
 class Subscription:
@@ -340,9 +370,19 @@ class Bus(StateHolder):
                 donate = (self._auto_donate and plan.compiled is not None
                           and not self._ckpts.saving()
                           and sole_owner(state, plan.compiled.names))
+                affected = plan.affected
+                before = [state.epochs[n] for n in affected]
+                if affected and self._donate:
+                    before = jax.device_get(before)  # this commit donates them
                 new_state = self._pipe.apply(state, deltas, plan, donate=donate)
                 t3 = time.perf_counter()
-                derived = self._pipe.changed(state, new_state, plan.affected)
+                # Which derived pages changed is known once propagation ran: the info reads
+                # it on first use, so the commit does not wait for the device. On a donating
+                # bus the next commit deletes these epochs, so it waits now.
+                pending = bool(affected) and not self._donate
+                derived: Any = (affected, before, [new_state.epochs[n] for n in affected])
+                if not pending:
+                    derived = changed_pages(*derived) if affected else ()
             except BaseException:
                 tel.failures.inc()
                 self._tlog.undo_last()
@@ -350,7 +390,8 @@ class Bus(StateHolder):
             t4 = time.perf_counter()
             self._state = new_state
             self._seq = seq
-            info = CommitInfo._make(seq, nbytes, plan.pages, derived, self._durable, ts, t4 - t0)
+            info = CommitInfo._make(seq, nbytes, plan.pages, derived, self._durable, ts, t4 - t0,
+                                    pending=pending)
             tel.record_commit(t0, t1, t2, t3, t4, 1, nbytes, plan.nbytes_applied)
             tel.seq.value = seq
             if self._checkpoint_every and seq % self._checkpoint_every == 0:
@@ -491,6 +532,10 @@ class Bus(StateHolder):
 
     def _apply_scanned(self, state: State, txns: list[list[Delta]], runs: list[Run],
                        plans: list[CommitPlan]) -> tuple[State, list[tuple]]:
+        names = sorted({n for p in plans for n in p.affected})
+        # read before the runner runs: a donating bus deletes these epochs
+        prev = dict(zip(names, map(int, jax.device_get([state.epochs[n] for n in names])),
+                        strict=True))
         runner = TransactionRunner(state, graph=self.graph, check=False,
                                    record_epochs=self.graph is not None, donate=self._donate)
         for run in runs:
@@ -498,8 +543,6 @@ class Bus(StateHolder):
         new_state = runner.flush()
         if self.graph is None:
             return new_state, [()] * len(txns)
-        names = sorted({n for p in plans for n in p.affected})
-        prev = {n: int(state.epochs[n]) for n in names}
         derived: list[tuple] = []
         i = 0
         for count, epochs in runner.epochs:

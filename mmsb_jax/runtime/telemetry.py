@@ -14,8 +14,11 @@ Latency stages (``mmsb_<stage>_seconds``):
 * ``log``: encoding and writing the transaction(s) (with the fsync under ``sync="always"``).
 * ``dispatch``: handing the jitted transaction (apply + propagation) to JAX. JAX runs it
   asynchronously, so this is not the device time.
-* ``wait``: blocking until the derived pages' epochs are known (only with a graph: that is how
-  the Bus learns which derived pages changed; zero otherwise).
+* ``wait``: blocking until the derived pages' epochs are known: ``commit_many`` with a graph
+  (that is how the Bus learns which derived pages changed) and ``commit`` on a donating bus
+  with a graph. ``commit`` otherwise leaves that to the first read of
+  :attr:`CommitInfo.derived <mmsb_jax.runtime.bus.CommitInfo>`, so it does not wait; zero
+  without a graph.
 * ``notify``: subscriber callbacks; ``fsync``: each fsync of the log; ``checkpoint``: saves.
 """
 
