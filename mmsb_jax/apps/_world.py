@@ -26,7 +26,9 @@ A step writes the derived next state back with two ``full`` deltas (``pos``, ``v
 ``add`` delta on ``tick``, then propagates, which precomputes the step after it. So a step is
 ``state x deltas -> state'`` like any other change, and a world bound to a :class:`~mmsb_jax.Bus`
 commits one transaction per step: :meth:`World.replay` rebuilds the whole run from the log, bit
-for bit.
+for bit. :meth:`World.open` opens its bus with the world's graph, so the bus holds the derived
+pages too and each step is one commit that applies and propagates in one jitted call; a world
+can also be bound to a bus of the base pages only (then it propagates itself, a second call).
 
 The physics (narrow and broad phase) lives in :mod:`mmsb_jax.apps._physics`.
 
@@ -260,6 +262,7 @@ class World:
         self._state = init_state(self.graph.schema)
         self._pending: set[str] = set(self.graph.base.names)  # derived pages computed lazily
         self._bus: Any = None
+        self._propagating = False  # bound to a bus that holds (and propagates) derived pages
         self._owns_bus = False
         if bus is not None:
             self.bind(bus)
@@ -269,6 +272,11 @@ class World:
     def open(cls, directory: str | os.PathLike, dt: float, *, sync: str = "batch",
              write_behind: bool = False, **kwargs: Any) -> World:
         """A World bound to the bus in ``directory`` (created, or resumed from its log).
+
+        The bus is opened with the world's graph (``Bus.open(directory, graph=world.graph)``):
+        it holds the derived pages as well, and a step's commit applies and propagates in one
+        jitted call. A directory written by a bus of the base pages only (as ``open`` made
+        them before) is resumed as such.
 
         Args:
           directory: the bus directory.
@@ -285,7 +293,11 @@ class World:
         from mmsb_jax.runtime.bus import Bus
 
         world = cls(dt, **kwargs)
-        bus = Bus.open(directory, world.graph.base, sync=sync, write_behind=write_behind)
+        try:
+            bus = Bus.open(directory, world.graph.base, graph=world.graph, sync=sync,
+                           write_behind=write_behind)
+        except SchemaMismatchError:  # a log of the base pages only: resume it as it is
+            bus = Bus.open(directory, world.graph.base, sync=sync, write_behind=write_behind)
         try:
             world.bind(bus)
         except BaseException:
@@ -297,17 +309,30 @@ class World:
     def bind(self, bus: Any) -> None:
         """Commit every later change of this world to ``bus`` (one transaction per step).
 
-        The bus must hold exactly :attr:`graph.base <mmsb_jax.Graph.base>` (open it with
-        ``schema=world.graph.base``). If it already holds commits, the world adopts the bus's
-        state (resuming a run); otherwise the world's current state is committed first.
+        Either a bus with the world's graph (``Bus.open(d, graph=world.graph)``, as
+        :meth:`open` makes: it propagates, so a step is one jitted call) or a bus of exactly
+        :attr:`graph.base <mmsb_jax.Graph.base>` (``Bus.open(d, world.graph.base)``: the
+        world then propagates each step itself). If the bus already holds commits, the world
+        adopts the bus's state (resuming a run); otherwise the world's current state is
+        committed first.
 
         Raises:
-          SchemaMismatchError: the bus holds other pages.
+          SchemaMismatchError: the bus holds other pages, or derived pages computed by other
+            code than this world's (their :meth:`~mmsb_jax.Graph.provenance` differs).
         """
+        graph = getattr(bus, "graph", None)
+        if graph is not None:
+            if (bus.schema != self.graph.schema
+                    or graph.provenance() != self.graph.provenance()):
+                raise SchemaMismatchError(
+                    f"bus graph {graph} is not this world's graph {self.graph}; open the bus "
+                    "with graph=world.graph")
+            self._bind_propagating(bus)
+            return
         if bus.schema != self.graph.base:
             raise SchemaMismatchError(
                 f"bus schema {bus.schema} is not the world's base schema {self.graph.base}; "
-                "open the bus with schema=world.graph.base")
+                "open the bus with schema=world.graph.base or graph=world.graph")
         if bus.seq > 0:
             base = bus.state
             self._state = _refresh_jit(self.graph, self._state.with_pages(
@@ -322,6 +347,21 @@ class World:
                 bus.commit(changed)
                 self._adopt_bus_pages(bus, tuple(d.page for d in changed))
         self._bus = bus
+        self._propagating = False
+
+    def _bind_propagating(self, bus: Any) -> None:
+        """:meth:`bind` to a bus with this world's graph: the bus's state is the world's."""
+        if bus.seq == 0:
+            state = self._state
+            changed = [Delta.full(n, state.pages[n]) for n in self.graph.base.names
+                       if int(state.epochs[n]) > 0]
+            if changed:
+                bus.commit(changed)
+        # An empty world's derived pages are zeros, as the fresh bus holds them.
+        self._state = bus.state
+        self._pending.clear()
+        self._bus = bus
+        self._propagating = True
 
     @property
     def bus(self) -> Any:
@@ -369,6 +409,10 @@ class World:
                                              {n: base.epochs[n] for n in pages})
 
     def _commit(self, deltas: list[Delta]) -> None:
+        if self._propagating:
+            self._bus.commit(deltas)
+            self._state = self._bus.state
+            return
         pages = tuple(dict.fromkeys(d.page for d in deltas))
         if self._bus is not None:
             self._bus.commit(deltas)
@@ -502,7 +546,8 @@ class World:
 
         Unbound, the steps run as one compiled ``lax.scan`` (one compilation per distinct
         ``num_steps``; ``step(1)`` uses the single-step function). Bound to a bus, each step is
-        one commit (its deltas are logged), so the run can be replayed.
+        one commit (its deltas are logged), so the run can be replayed; with the world's graph
+        on the bus (:meth:`open`), that commit is the step's only jitted call.
         """
         num_steps = int(num_steps)
         if num_steps < 0:
@@ -513,6 +558,14 @@ class World:
         if self._bus is None:
             self._state = (_step_jit(self.graph, state) if num_steps == 1
                            else _simulate_jit(self.graph, num_steps, state))
+            return
+        bus = self._bus
+        if self._propagating:
+            for _ in range(num_steps):  # apply + propagate: one jitted call per commit
+                bus.commit([Delta.full("pos", state.pages["physics/next_pos"]),
+                            Delta.full("vel", state.pages["physics/next_vel"]),
+                            Delta.full("tick", _ONE_TICK, op="add")])
+                state = self._state = bus.state
             return
         for _ in range(num_steps):
             # The step's deltas are the derived next-state pages themselves: no dispatch.
@@ -606,17 +659,29 @@ class World:
           to_seq: stop after this commit (default: the last one).
 
         Returns:
-          The replayed State with derived pages recomputed; its base pages and epochs equal
-          the live ones bit for bit.
+          The replayed State with derived pages current. Its base pages and epochs equal the
+          live ones bit for bit; so do the derived pages' epochs when the log was written by a
+          bus with the world's graph (:meth:`open`'s), which replay propagates as it did live.
         """
         from mmsb_jax.store.replay import replay
+        from mmsb_jax.store.tlog import TLog, log_dir
 
         if source is None:
             if self._bus is None:
                 raise OptionError("replay needs a source: this world is not bound to a bus")
             source = self._bus
         log = getattr(source, "log", source)
-        base = replay(init_state(self.graph.base), log, to_seq=to_seq)
+        opened = None
+        if isinstance(log, str | os.PathLike):
+            log = opened = TLog.open(log_dir(log), readonly=True)
+        try:
+            if getattr(log, "schema", None) == self.graph.schema:
+                return replay(init_state(self.graph.schema), log, to_seq=to_seq,
+                              graph=self.graph)
+            base = replay(init_state(self.graph.base), log, to_seq=to_seq)
+        finally:
+            if opened is not None:
+                opened.close()
         state = init_state(self.graph.schema).with_pages(dict(base.pages), dict(base.epochs))
         return _refresh_jit(self.graph, state)
 

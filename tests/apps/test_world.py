@@ -280,6 +280,85 @@ def test_bound_world_replays_bit_exactly_and_resumes(tmp_path):
         fresh.replay()
 
 
+def test_open_propagates_on_the_bus_one_jitted_call_per_step(tmp_path, monkeypatch):
+    from mmsb_jax.core import transaction as txn_mod
+
+    rng = np.random.default_rng(3)
+    pos, vel = rng.uniform(0.1, 0.9, (12, 2)), rng.normal(0, 1, (12, 2))
+    free = apps.World(**GRID)
+    free.add_entities(0, pos=pos, vel=vel)
+    with apps.World.open(tmp_path / "w", sync="never", **GRID) as w:
+        assert w.bus.graph is w.graph and w.bus.schema == w.graph.schema
+        w.add_entities(0, pos=pos, vel=vel)
+        w.step(3)
+        free.step(1), free.step(1), free.step(1)
+        # the world steps without its own propagation: only the bus's compiled transaction
+        monkeypatch.setattr(world_mod, "_propagate_step_jit", None)
+        monkeypatch.setattr(world_mod, "_step_jit", None)
+        def sizes():
+            return (txn_mod._flat_jit.cache_info().currsize,
+                    [p.compiled._fn._cache_size() for p in w.bus._pipe._plans.values()])
+
+        before = sizes()
+        w.step(6)
+        assert sizes() == before  # no retrace, no new plan
+        monkeypatch.undo()
+        for _ in range(6):
+            free.step(1)
+        live = w.state
+        assert live is w.bus.state
+        # the same run as the unbound world's, bit for bit, epochs included
+        for n in w.graph.schema.names:
+            np.testing.assert_array_equal(np.asarray(live.pages[n]),
+                                          np.asarray(free.state.pages[n]), err_msg=n)
+        for n in BASE:
+            assert int(live.epochs[n]) == int(free.state.epochs[n]), n
+        # replay (bus, directory) and time travel rebuild the derived pages' epochs as well
+        for replayed in (w.replay(), w.replay(tmp_path / "w")):
+            for n in w.graph.schema.names:
+                np.testing.assert_array_equal(np.asarray(replayed.pages[n]),
+                                              np.asarray(live.pages[n]), err_msg=n)
+                assert int(replayed.epochs[n]) == int(live.epochs[n]), n
+        at = w.bus.at(5)
+        np.testing.assert_array_equal(np.asarray(at.pages["physics/next_pos"]),
+                                      np.asarray(w.replay(to_seq=5).pages["physics/next_pos"]))
+    with apps.World.open(tmp_path / "w", sync="never", **GRID) as w2:  # resume
+        np.testing.assert_array_equal(w2.read("physics/next_vel"),
+                                      np.asarray(live.pages["physics/next_vel"]))
+        w2.step(1)
+        assert w2.bus.seq == 11 and int(w2.state.pages["tick"]) == 10
+
+
+def test_open_resumes_a_log_of_the_base_pages_only(tmp_path):
+    d = tmp_path / "old"
+    w0 = apps.World(**GRID)
+    with Bus.open(d, w0.graph.base, sync="never") as bus:  # what open() wrote before
+        w0.bind(bus)
+        w0.add_entities(0, pos=[[0.3, 0.3], [0.6, 0.6]], vel=[[1.0, 0.0], [0.0, 1.0]])
+        w0.step(4)
+        live = w0.state
+    with apps.World.open(d, sync="never", **GRID) as w:
+        assert w.bus.graph is None and w.bus.schema == w.graph.base
+        np.testing.assert_array_equal(w.read("pos"), np.asarray(live.pages["pos"]))
+        w.step(2)
+        assert w.bus.seq == 7
+        np.testing.assert_array_equal(np.asarray(w.replay().pages["pos"]), w.read("pos"))
+
+
+def test_bind_refuses_a_bus_whose_derived_pages_are_another_worlds(tmp_path):
+    w = apps.World(**GRID)
+    other = apps.World(**{**GRID, "restitution": 0.5})  # same pages, other physics
+    with Bus.open(tmp_path / "a", graph=other.graph, sync="never") as bus:
+        with pytest.raises(SchemaMismatchError, match="graph"):
+            w.bind(bus)
+        assert w.bus is None and bus.seq == 0
+    with Bus.open(tmp_path / "b", graph=w.graph, sync="never") as bus:
+        w.add_entity(0, pos=(0.5, 0.5), vel=(0.1, 0.0))
+        w.bind(bus)  # the world's edits are committed, then the bus's state is the world's
+        assert bus.seq == 1 and w.state is bus.state
+        np.testing.assert_allclose(w.read("energy"), 0.5 * 0.1**2, rtol=1e-6)
+
+
 def test_bind_refuses_other_schema_and_commits_existing_state(tmp_path):
     w = apps.World(**SMALL)
     with Bus.open(tmp_path / "a", world_mod.world_schema(3), sync="never") as bus:
