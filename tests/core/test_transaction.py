@@ -56,8 +56,8 @@ def test_compiled_transaction_equals_apply_transaction_bit_for_bit(with_graph, d
             else state
         got = compiled(copy, deltas)
         same_bits(got, want)
-        if g is None:  # pages the transaction does not read are shared
-            assert got.pages["z"] is copy.pages["z"]
+        # pages the transaction does not read are shared (with a graph too: "z" feeds none)
+        assert got.pages["z"] is copy.pages["z"] and got.epochs["z"] is copy.epochs["z"]
         ref, state = want, got
     assert compiled._fn._cache_size() == 1  # one compilation for the structure
 
@@ -71,3 +71,18 @@ def test_compiled_transaction_layout_and_bad_input():
     assert not compiled.matches(mesh_like)
     with pytest.raises(OptionError, match="at least one delta"):
         CompiledTransaction(state, [])
+
+
+def test_a_graph_transaction_passes_only_the_pages_it_writes_recomputes_or_reads():
+    g = graph()
+    state = mm.propagate(g, mm.init_state(g.schema), tuple(SCHEMA.names))
+    y_only = CompiledTransaction(state, [mm.Delta.full("y", np.ones((4, 3), np.float32))],
+                                 graph=g)
+    # y -> ysum -> big, and big also reads x; z feeds nothing
+    assert y_only.names == ("x", "y", "ysum", "big")
+    z_only = CompiledTransaction(state, [mm.Delta.full("z", np.ones(5, np.uint8))], graph=g)
+    assert z_only.names == ("z",)
+    got = y_only(state, [mm.Delta.full("y", np.ones((4, 3), np.float32))])
+    same_bits(got, apply_transaction(state, [mm.Delta.full("y", np.ones((4, 3), np.float32))],
+                                     graph=g))
+    assert got.pages["z"] is state.pages["z"]
