@@ -70,8 +70,9 @@ def touched_pages(deltas: Iterable[Delta]) -> tuple[str, ...]:
 
 # ``shardings`` (static) is the State's recorded page shardings: traced pages on an auto mesh
 # carry none, and the merge needs them to keep every page's sharding (and to merge row deltas
-# on row-sharded pages per shard). With a graph, ``pages`` holds every page (derived pages read
-# base pages the transaction did not touch); without one, only the touched pages.
+# on row-sharded pages per shard). With a graph, ``pages`` holds the touched pages, the derived
+# pages they affect and every page those read (:func:`_used_pages`); without one, only the
+# touched pages.
 def _txn_impl(graph: Graph | None, pages: dict[str, jax.Array], epochs: dict[str, jax.Array],
               deltas: list[Delta], shardings: tuple = ()):
     out = apply_batch(State(pages=pages, epochs=epochs, shardings=shardings), deltas)
@@ -125,11 +126,27 @@ _loop = jax.jit(_loop_impl, static_argnums=(0, 4))
 _loop_donated = jax.jit(_loop_impl, static_argnums=(0, 4), donate_argnums=(1, 2))
 
 
-def _operands(state: State, deltas: Sequence[Delta], graph: Graph | None):
-    """``(pages, epochs, shardings)``: what the jitted transaction reads of ``state``."""
-    if graph is not None:
-        return dict(state.pages), dict(state.epochs), state.shardings
+def _used_pages(state: State, deltas: Sequence[Delta], graph: Graph | None
+                ) -> tuple[str, ...]:
+    """The pages a transaction writes and, with a graph, recomputes or reads (schema order)."""
     names = touched_pages(deltas)
+    if graph is None:
+        return names
+    from mmsb_jax.core.propagate import plan
+
+    used = {*names, *plan(graph, names).reads}
+    return tuple(n for n in state.pages if n in used)
+
+
+def _operands(state: State, deltas: Sequence[Delta], graph: Graph | None):
+    """``(pages, epochs, shardings)``: what the jitted transaction reads of ``state``
+    (:func:`_used_pages`; with a graph the State's shardings are kept whole)."""
+    names = _used_pages(state, deltas, graph)
+    if graph is not None:
+        all_pages = cast(PageMap, state.pages)._data
+        all_epochs = cast(PageMap, state.epochs)._data
+        return ({n: all_pages[n] for n in names}, {n: all_epochs[n] for n in names},
+                state.shardings)
     all_pages = cast(PageMap, state.pages)._data
     all_epochs = cast(PageMap, state.epochs)._data
     pages = {n: all_pages[n] for n in names}
@@ -155,8 +172,9 @@ def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = Tr
         Pass ``False`` only for deltas already validated against a state of this schema.
       graph: an ``mm.Graph``: derived pages are then recomputed with ``mm.propagate`` from the
         pages the transaction touched, inside the same jitted function.
-      donate: donate the buffers of the pages the transaction reads (all pages with a
-        graph) and their epochs, so XLA updates them in place. ``state``'s arrays of those
+      donate: donate the buffers of the pages the transaction reads (with a graph: also the
+        derived pages it recomputes and their inputs) and their epochs, so XLA updates them
+        in place. ``state``'s arrays of those
         pages are deleted: use this only when nothing else will read ``state``.
 
     Returns:
@@ -205,14 +223,9 @@ class CompiledTransaction:
         if not deltas:
             raise OptionError("CompiledTransaction needs at least one delta (an empty "
                               "transaction changes nothing)")
-        names = touched_pages(deltas)
-        if graph is not None:
-            # what the transaction writes, recomputes or reads: a commit's cost follows it,
-            # not the size of the store (pages nothing here reads stay out of the call)
-            from mmsb_jax.core.propagate import plan
-
-            used = {*names, *plan(graph, names).reads}
-            names = tuple(n for n in state.pages if n in used)
+        # what the transaction writes, recomputes or reads: a commit's cost follows it, not
+        # the size of the store (pages nothing here reads stay out of the call)
+        names = _used_pages(state, deltas, graph)
         _, _, shardings = _operands(state, deltas, graph)
         spec = tuple((d.page, d.kind, d.op, d.count, d.unique, d.indices is not None,
                       d.mask is not None) for d in deltas)

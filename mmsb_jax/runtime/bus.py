@@ -231,7 +231,8 @@ class Bus(StateHolder):
           batch_commits: ``batch`` sync: fsync at least every this many commits.
           batch_interval_ms: ``batch`` sync: fsync at most this long after a commit.
           donate: update pages in place: each commit donates the buffers of the pages it
-            touches (all pages with a graph) to XLA, as ``jax.jit(..., donate_argnums=...)``
+            touches (with a graph: also the derived pages it recomputes and the pages they
+            read) to XLA, as ``jax.jit(..., donate_argnums=...)``
             does, instead of copying them. Then a State obtained before a commit
             (``bus.state``, ``bus.at(bus.seq)``, a subscriber's argument) has those pages
             deleted by it: read with :meth:`read` (a copy) or copy what you keep. With
