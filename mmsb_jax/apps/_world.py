@@ -654,35 +654,30 @@ class World:
     def replay(self, source: Any = None, *, to_seq: int | None = None) -> State:
         """Rebuild a State of this world from a bus log (its bound bus by default).
 
+        Replays the logged deltas of the base pages, then computes the derived pages once
+        (not after every step: a log of ``k`` steps replays without simulating them again).
+
         Args:
           source: a bus directory, a TLog or a Bus (default: the bound bus).
           to_seq: stop after this commit (default: the last one).
 
         Returns:
-          The replayed State with derived pages current. Its base pages and epochs equal the
-          live ones bit for bit; so do the derived pages' epochs when the log was written by a
-          bus with the world's graph (:meth:`open`'s), which replay propagates as it did live.
+          The replayed State with derived pages recomputed; its pages and its base pages'
+          epochs equal the live ones bit for bit. (A bus with the world's graph also counts
+          the derived pages' changes in their epochs: ``bus.at(seq)`` rebuilds those too, by
+          propagating after every commit.)
         """
         from mmsb_jax.store.replay import replay
-        from mmsb_jax.store.tlog import TLog, log_dir
 
         if source is None:
             if self._bus is None:
                 raise OptionError("replay needs a source: this world is not bound to a bus")
             source = self._bus
         log = getattr(source, "log", source)
-        opened = None
-        if isinstance(log, str | os.PathLike):
-            log = opened = TLog.open(log_dir(log), readonly=True)
-        try:
-            if getattr(log, "schema", None) == self.graph.schema:
-                return replay(init_state(self.graph.schema), log, to_seq=to_seq,
-                              graph=self.graph)
-            base = replay(init_state(self.graph.base), log, to_seq=to_seq)
-        finally:
-            if opened is not None:
-                opened.close()
-        state = init_state(self.graph.schema).with_pages(dict(base.pages), dict(base.epochs))
+        base = replay(init_state(self.graph.base), log, to_seq=to_seq)
+        state = init_state(self.graph.schema).with_pages(
+            {n: base.pages[n] for n in self.graph.base.names},
+            {n: base.epochs[n] for n in self.graph.base.names})
         return _refresh_jit(self.graph, state)
 
     def __repr__(self) -> str:
