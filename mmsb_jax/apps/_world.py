@@ -270,13 +270,20 @@ class World:
     # -- construction helpers ---------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | os.PathLike, dt: float, *, sync: str = "batch",
-             write_behind: bool = False, **kwargs: Any) -> World:
+             write_behind: bool = False, checkpoint_every: int | None = None,
+             **kwargs: Any) -> World:
         """A World bound to the bus in ``directory`` (created, or resumed from its log).
 
         The bus is opened with the world's graph (``Bus.open(directory, graph=world.graph)``):
         it holds the derived pages as well, and a step's commit applies and propagates in one
         jitted call. A directory written by a bus of the base pages only (as ``open`` made
         them before) is resumed as such.
+
+        Such a bus rebuilds its derived pages exactly as they were live, epochs included, by
+        propagating after every logged commit: resuming a run (and ``bus.at(seq)``) runs its
+        physics again from the nearest checkpoint (1,000 steps of 1k entities: 1.7 s, against
+        0.25 s for a bus of the base pages, which only applies the logged deltas). Pass
+        ``checkpoint_every`` for long runs; :meth:`replay` only applies the deltas.
 
         Args:
           directory: the bus directory.
@@ -285,6 +292,8 @@ class World:
           write_behind: open the bus with ``write_behind`` (``sync="never"`` only): each
             step's record is written during the next step, so stepping does not wait for the
             physics it logs (see :meth:`mmsb_jax.Bus.open`).
+          checkpoint_every: the bus's ``checkpoint_every`` (a checkpoint every this many
+            commits, so resuming replays at most that many).
           **kwargs: other :class:`World` arguments.
 
         Returns:
@@ -293,11 +302,11 @@ class World:
         from mmsb_jax.runtime.bus import Bus
 
         world = cls(dt, **kwargs)
+        options = dict(sync=sync, write_behind=write_behind, checkpoint_every=checkpoint_every)
         try:
-            bus = Bus.open(directory, world.graph.base, graph=world.graph, sync=sync,
-                           write_behind=write_behind)
+            bus = Bus.open(directory, world.graph.base, graph=world.graph, **options)
         except SchemaMismatchError:  # a log of the base pages only: resume it as it is
-            bus = Bus.open(directory, world.graph.base, sync=sync, write_behind=write_behind)
+            bus = Bus.open(directory, world.graph.base, **options)
         try:
             world.bind(bus)
         except BaseException:

@@ -326,13 +326,22 @@ def test_open_propagates_on_the_bus_one_jitted_call_per_step(tmp_path, monkeypat
         for n in w.graph.schema.names:
             np.testing.assert_array_equal(np.asarray(at.pages[n]), np.asarray(again.pages[n]),
                                           err_msg=n)
-    with apps.World.open(tmp_path / "w", sync="never", **GRID) as w2:  # resume
+    with apps.World.open(tmp_path / "w", sync="never", checkpoint_every=4, **GRID) as w2:
         # recovery propagates after every commit: derived pages' epochs as they were live
         for n in w2.graph.schema.names:
             np.testing.assert_array_equal(w2.read(n), np.asarray(live.pages[n]), err_msg=n)
             assert int(w2.state.epochs[n]) == int(live.epochs[n]), n
         w2.step(1)
         assert w2.bus.seq == 11 and int(w2.state.pages["tick"]) == 10
+        w2.step(1)  # seq 12: checkpointed (every 4 commits)
+        w2.bus.sync()
+        resumed_from = w2.state
+    with apps.World.open(tmp_path / "w", sync="never", **GRID) as w3:
+        assert 12 in w3.bus._ckpts.steps()  # recovery started from it
+        assert w3.bus.seq == 12 and int(w3.state.pages["tick"]) == 11
+        for n in w3.graph.schema.names:
+            np.testing.assert_array_equal(w3.read(n), np.asarray(resumed_from.pages[n]))
+            assert int(w3.state.epochs[n]) == int(resumed_from.epochs[n]), n
 
 
 def test_open_resumes_a_log_of_the_base_pages_only(tmp_path):
