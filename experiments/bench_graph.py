@@ -340,7 +340,10 @@ def bus_workloads(repeat: int) -> dict:
 
             def commit(bus=bus, i=i):
                 i[0] ^= 1
-                return bus.commit([mm.Delta.full("raw", vals[i[0]])])
+                bus.commit([mm.Delta.full("raw", vals[i[0]])])
+                # the State, so that the timing waits for the propagation: commit returns
+                # without waiting for it (CommitInfo.derived is read on first use)
+                return bus.state
 
             pages = [np.zeros(1024, np.uint8) for _ in range(length)]
 
