@@ -174,8 +174,8 @@ def apply_transaction(state: State, deltas: Sequence[Delta], *, check: bool = Tr
         pages the transaction touched, inside the same jitted function.
       donate: donate the buffers of the pages the transaction reads (with a graph: also the
         derived pages it recomputes and their inputs) and their epochs, so XLA updates them
-        in place. ``state``'s arrays of those
-        pages are deleted: use this only when nothing else will read ``state``.
+        in place. ``state``'s arrays of those pages are deleted: use this only when nothing
+        else will read ``state``.
 
     Returns:
       The new State; pages not read are shared with ``state``.

@@ -156,7 +156,12 @@ class Subscription:
         """Whether a commit touched one of the subscribed pages (None: any commit)."""
         if self.pages is None:
             return True
-        return not self.pages.isdisjoint(info.pages) or not self.pages.isdisjoint(info.derived)
+        if not self.pages.isdisjoint(info.pages):
+            return True
+        pending = info.__dict__.get("_pending")
+        if pending is not None and self.pages.isdisjoint(pending[0]):
+            return False  # none of its pages was recomputed: no need to wait for propagation
+        return not self.pages.isdisjoint(info.derived)
 
     def unsubscribe(self) -> None:
         """Stop receiving notifications (idempotent)."""

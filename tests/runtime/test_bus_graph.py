@@ -131,6 +131,14 @@ def test_commit_does_not_wait_for_propagation_derived_is_read_on_first_use(tmp_p
         for k in range(3):
             bus.commit(_row(3 + k, 1.0))
         assert set(info.derived) == {"sum", "energy"}
+    # a subscriber of pages the commit cannot recompute does not wait for propagation
+    with mm.Bus.open(tmp_path / "subs", graph=_graph(), sync="never") as bus:
+        seen = []
+        bus.subscribe("sign", lambda info, st: seen.append(info.seq))
+        info = bus.commit(_row(1, 3.0))  # recomputes sum and energy, never sign
+        assert "derived" not in info.__dict__ and seen == []
+        bus.commit([mm.Delta.full("c", c[1])])
+        assert seen == [2]
     # built by hand (as a Follower does), derived is a plain field with its default
     assert mm.CommitInfo(seq=1, bytes_logged=0, pages=("a",)).derived == ()
     assert mm.CommitInfo(1, 0, ("a",), ("sum",)).derived == ("sum",)
