@@ -377,18 +377,22 @@ class Bus(StateHolder):
                           and not self._ckpts.saving()
                           and sole_owner(state, plan.compiled.names))
                 affected = plan.affected
-                before = [state.epochs[n] for n in affected]
-                if affected and self._donate:
-                    before = jax.device_get(before)  # this commit donates them
+                if affected:  # a graph: the epochs to compare, read before a donation
+                    before = [state.epochs[n] for n in affected]
+                    if self._donate:
+                        before = jax.device_get(before)  # this commit donates them
                 new_state = self._pipe.apply(state, deltas, plan, donate=donate)
                 t3 = time.perf_counter()
                 # Which derived pages changed is known once propagation ran: the info reads
                 # it on first use, so the commit does not wait for the device. On a donating
                 # bus the next commit deletes these epochs, so it waits now.
-                pending = bool(affected) and not self._donate
-                derived: Any = (affected, before, [new_state.epochs[n] for n in affected])
-                if not pending:
-                    derived = changed_pages(*derived) if affected else ()
+                derived: Any = ()
+                pending = False
+                if affected:
+                    derived = (affected, before, [new_state.epochs[n] for n in affected])
+                    pending = not self._donate
+                    if not pending:
+                        derived = changed_pages(*derived)
             except BaseException:
                 tel.failures.inc()
                 self._tlog.undo_last()
