@@ -324,8 +324,9 @@ class Bus(StateHolder):
         """Commit one transaction: validate -> log -> apply -> propagate -> notify.
 
         The transaction is applied by one jitted function (apply + propagation) that JAX runs
-        asynchronously: ``commit`` returns once it is logged and dispatched (with a graph,
-        once the derived pages' epochs are known). A repeated commit of the same structure
+        asynchronously: ``commit`` returns once it is logged and dispatched, with a graph too
+        (the returned :attr:`CommitInfo.derived` waits for the propagation when first read;
+        a donating bus reads it before returning). A repeated commit of the same structure
         reuses its cached plan and hits JAX's C++ dispatch fast path.
 
         Args:
