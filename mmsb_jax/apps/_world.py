@@ -148,6 +148,9 @@ def world_graph(params: WorldParams) -> Graph:
     return g.derive("overflow", ("pos", "alive"), overflow)
 
 
+_ONE_TICK = np.ones((), np.int32)
+
+
 def step_deltas(state: State) -> list[Delta]:
     """The deltas of one step: the derived next state written back to the base pages.
 
@@ -157,9 +160,11 @@ def step_deltas(state: State) -> list[Delta]:
     Returns:
       ``[full set pos, full set vel, add 1 to tick]``.
     """
+    # The values are the derived pages themselves (no dispatch) and a host constant for tick:
+    # building the step's deltas costs no device work, traced or not.
     return [Delta.full("pos", state.pages["physics/next_pos"]),
             Delta.full("vel", state.pages["physics/next_vel"]),
-            Delta.full("tick", jnp.ones((), jnp.int32), op="add")]
+            Delta.full("tick", _ONE_TICK, op="add")]
 
 
 def world_step(graph: Graph, state: State) -> State:
@@ -188,7 +193,6 @@ def _refresh_impl(graph: Graph, state: State) -> State:
     return propagate(graph, state, graph.base.names)
 
 
-_ONE_TICK = np.ones((), np.int32)
 _step_jit = jax.jit(world_step, static_argnums=0)
 _simulate_jit = jax.jit(_simulate_impl, static_argnums=(0, 1))
 _refresh_jit = jax.jit(_refresh_impl, static_argnums=0)
@@ -349,21 +353,24 @@ class World:
                 {n: base.epochs[n] for n in self.graph.base.names}))
             self._pending.clear()
         else:
-            state = self.state
-            changed = [Delta.full(n, state.pages[n]) for n in self.graph.base.names
-                       if int(state.epochs[n]) > 0]
+            changed = self._edits()
             if changed:
                 bus.commit(changed)
                 self._adopt_bus_pages(bus, tuple(d.page for d in changed))
         self._bus = bus
         self._propagating = False
 
+    def _edits(self) -> list[Delta]:
+        """``full`` deltas of the base pages edited so far (epoch > 0): what binding a fresh
+        bus commits first."""
+        state = self._state
+        return [Delta.full(n, state.pages[n]) for n in self.graph.base.names
+                if int(state.epochs[n]) > 0]
+
     def _bind_propagating(self, bus: Any) -> None:
         """:meth:`bind` to a bus with this world's graph: the bus's state is the world's."""
         if bus.seq == 0:
-            state = self._state
-            changed = [Delta.full(n, state.pages[n]) for n in self.graph.base.names
-                       if int(state.epochs[n]) > 0]
+            changed = self._edits()
             if changed:
                 bus.commit(changed)
         # An empty world's derived pages are zeros, as the fresh bus holds them.
@@ -571,17 +578,12 @@ class World:
         bus = self._bus
         if self._propagating:
             for _ in range(num_steps):  # apply + propagate: one jitted call per commit
-                bus.commit([Delta.full("pos", state.pages["physics/next_pos"]),
-                            Delta.full("vel", state.pages["physics/next_vel"]),
-                            Delta.full("tick", _ONE_TICK, op="add")])
+                bus.commit(step_deltas(state))
                 state = self._state = bus.state
             return
         for _ in range(num_steps):
-            # The step's deltas are the derived next-state pages themselves: no dispatch.
-            self._bus.commit([Delta.full("pos", state.pages["physics/next_pos"]),
-                              Delta.full("vel", state.pages["physics/next_vel"]),
-                              Delta.full("tick", _ONE_TICK, op="add")])
-            base = self._bus.state
+            bus.commit(step_deltas(state))
+            base = bus.state
             state = state.with_pages({n: base.pages[n] for n in STEP_DIRTY},
                                      {n: base.epochs[n] for n in STEP_DIRTY})
             state = _propagate_step_jit(self.graph, state)

@@ -140,13 +140,8 @@ def _used_pages(state: State, deltas: Sequence[Delta], graph: Graph | None
 
 def _operands(state: State, deltas: Sequence[Delta], graph: Graph | None):
     """``(pages, epochs, shardings)``: what the jitted transaction reads of ``state``
-    (:func:`_used_pages`; with a graph the State's shardings are kept whole)."""
+    (:func:`_used_pages`), with the recorded shardings of those pages."""
     names = _used_pages(state, deltas, graph)
-    if graph is not None:
-        all_pages = cast(PageMap, state.pages)._data
-        all_epochs = cast(PageMap, state.epochs)._data
-        return ({n: all_pages[n] for n in names}, {n: all_epochs[n] for n in names},
-                state.shardings)
     all_pages = cast(PageMap, state.pages)._data
     all_epochs = cast(PageMap, state.epochs)._data
     pages = {n: all_pages[n] for n in names}
@@ -336,9 +331,15 @@ def apply_stacked(state: State, stacked: Sequence[Delta], *, graph: Graph | None
       scan carries, its epoch after each transaction, ``{name: int32[L]}``.
     """
     stacked = list(stacked)
-    n = int(stacked[0].values.shape[0])
-    return _apply_padded(state, [_padded(d, _capacity(n)) for d in stacked], n,
-                         graph=graph, donate=donate)
+    return _pad_and_apply(state, stacked, int(stacked[0].values.shape[0]), graph=graph,
+                          donate=donate)
+
+
+def _pad_and_apply(state: State, stacked: Sequence[Delta], n: int, *, graph: Graph | None,
+                   donate: bool, per_step: bool = True) -> tuple[State, dict[str, jax.Array]]:
+    """:func:`_apply_padded` of ``n`` stacked transactions padded to their capacity."""
+    return _apply_padded(state, [_padded(d, _capacity(n)) for d in stacked], n, graph=graph,
+                         donate=donate, per_step=per_step)
 
 
 def _capacity(n: int) -> int:
@@ -578,9 +579,8 @@ class TransactionRunner:
 
     def _apply_stacked(self, count: int, stacked: list[Delta]) -> None:
         """Apply ``count`` transactions stacked into ``[count, ...]`` or a capacity of them."""
-        stacked = [_padded(d, _capacity(count)) for d in stacked]
-        self._record(count, *_apply_padded(self.state, stacked, count, graph=self.graph,
-                                           donate=self.donate, per_step=self.record_epochs))
+        self._record(count, *_pad_and_apply(self.state, stacked, count, graph=self.graph,
+                                            donate=self.donate, per_step=self.record_epochs))
 
     def _record(self, count: int, state: State, per_step: Mapping[str, Any]) -> None:
         self.state = state

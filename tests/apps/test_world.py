@@ -337,7 +337,7 @@ def test_open_propagates_on_the_bus_one_jitted_call_per_step(tmp_path, monkeypat
         w2.bus.sync()
         resumed_from = w2.state
     with apps.World.open(tmp_path / "w", sync="never", **GRID) as w3:
-        assert 12 in w3.bus._ckpts.steps()  # recovery started from it
+        assert 12 in w3.bus._ckpts.steps()  # the periodic checkpoint (recovery starts there)
         assert w3.bus.seq == 12 and int(w3.state.pages["tick"]) == 11
         for n in w3.graph.schema.names:
             np.testing.assert_array_equal(w3.read(n), np.asarray(resumed_from.pages[n]))
